@@ -1,0 +1,164 @@
+"""Test support: start real gearmand processes (this project's or C's) on loopback.
+
+Every server binds 127.0.0.1.  This project's server gets ``-p 0`` and reports the port it
+bound in its log ("Listening on 127.0.0.1:<port>"); C gearmand cannot report an ephemeral
+port, so it gets a free port below 32768 (see reference §1: TIME_WAIT on ephemeral ports).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import List, Optional, Sequence
+
+C_GEARMAND = "/usr/sbin/gearmand"
+IN_CI = bool(os.environ.get("CI"))
+LISTEN_RE = re.compile(rb"Listening on 127\.0\.0\.1:(\d+)")
+
+
+def py_gearmand_cmd() -> List[str]:
+    """The command that runs this project's server (console script if first on PATH)."""
+    exe = shutil.which("gearmand")
+    if exe and not exe.startswith("/usr/bin/") and not exe.startswith("/usr/sbin/"):
+        return [exe]
+    return [sys.executable, "-m", "gearmand_py"]
+
+
+def free_low_port() -> int:
+    """A port below 32768 that is free right now (for servers that need a fixed port)."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 32768")
+
+
+def require(path: str, why: str) -> None:
+    """Fail in CI, skip elsewhere, when a tool the test needs is missing."""
+    import pytest
+
+    if os.path.exists(path) or shutil.which(path):
+        return
+    if IN_CI:
+        pytest.fail(f"{path} missing in CI: {why}")
+    pytest.skip(f"{path} not installed ({why}); CI installs it")
+
+
+class Server:
+    """A running gearmand subprocess bound to 127.0.0.1."""
+
+    def __init__(self, args: Sequence[str] = (), impl: str = "py", timeout: float = 20.0,
+                 env: Optional[dict] = None) -> None:
+        self.impl = impl
+        self.tmpdir = tempfile.mkdtemp(prefix="gearmand-test-")
+        self.log_path = os.path.join(self.tmpdir, "gearmand.log")
+        self.pid_path = os.path.join(self.tmpdir, "gearmand.pid")
+        args = list(args)
+        base: List[str]
+        if impl == "py":
+            base = py_gearmand_cmd()
+            port_args = ["-p", "0"]
+        elif impl == "c":
+            base = [C_GEARMAND]
+            port_args = ["-p", str(free_low_port())]
+        else:
+            raise ValueError(impl)
+        if not any(a in ("-p", "--port") or a.startswith("--port=") for a in args):
+            args = port_args + args
+        if not any(a in ("-L", "--listen") or a.startswith("--listen=") for a in args):
+            args = ["-L", "127.0.0.1"] + args
+        if not any(a in ("-l", "--log-file") or a.startswith("--log-file=") for a in args):
+            args += ["-l", self.log_path]
+        if not any(a.startswith("--verbose") for a in args):
+            args += ["--verbose", "INFO"]
+        if impl == "c" and not any(a in ("-P", "--pid-file") or a.startswith("--pid-file=")
+                                   for a in args):
+            args += ["-P", self.pid_path]
+        self.args = base + args
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env)
+        self.port = self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        explicit = None
+        for i, a in enumerate(self.args):
+            if a in ("-p", "--port") and i + 1 < len(self.args) and self.args[i + 1] != "0":
+                explicit = int(self.args[i + 1])
+            elif a.startswith("--port=") and a != "--port=0":
+                explicit = int(a.split("=", 1)[1])
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out, err = self.proc.communicate()
+                raise RuntimeError(f"server exited {self.proc.returncode}: {err.decode()!r}")
+            port = explicit
+            if port is None:
+                try:
+                    with open(self.log_path, "rb") as f:
+                        m = LISTEN_RE.search(f.read())
+                except FileNotFoundError:
+                    m = None
+                port = int(m.group(1)) if m else None
+            if port is not None:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                        s.sendall(b"version\r\n")
+                        s.settimeout(2)
+                        if s.recv(100).startswith(b"OK"):
+                            return port
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout}s: {self.args}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        return self.proc.returncode
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
