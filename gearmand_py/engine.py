@@ -1,0 +1,402 @@
+"""The job engine: functions, jobs, workers, queues, wakeups, timers and the queue backend.
+
+Processing thread only.  Handlers (handlers.py, admin.py) call these operations; replies
+are appended to ``self.out`` per I/O thread and shipped by the processor after each batch.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .log import NOTICE
+from .protocol.codec import pack
+from .protocol.commands import Cmd
+from .queues.base import QueueBackend, StoredJob
+from .settings import Settings
+from .state import HIGH, LOW, NORMAL, PRIORITIES, Ability, Conn, Function, Job
+
+log = logging.getLogger("gearmand")
+
+#: Longest unique key accepted (gearmand's GEARMAN_MAX_UNIQUE_SIZE).
+MAX_UNIQUE = 64
+#: Longest SET_CLIENT_ID kept.
+MAX_CLIENT_ID = 127
+#: CAN_DO_TIMEOUT floor (ms), as gearmand.
+MIN_WORKER_TIMEOUT_MS = 1000
+
+#: One output item: (connection id, bytes to send) or (connection id, None) = close it.
+Output = Tuple[int, Optional[bytes]]
+
+_NOOP = pack(Cmd.NOOP)
+
+TIMER_WORKER_TIMEOUT = 0
+TIMER_EPOCH = 1
+
+
+class EngineError(Exception):
+    """A request refused with a Gearman ERROR packet: (code, text)."""
+
+    def __init__(self, code: bytes, text: bytes) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+
+
+def default_handle_prefix() -> str:
+    return "H:" + os.uname().nodename
+
+
+class Engine:
+    def __init__(self, settings: Settings, backend: QueueBackend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.verbose = settings.verbose
+        prefix = settings.job_handle_prefix or default_handle_prefix()
+        self.handle_prefix = prefix.encode() + b":"
+        self.handle_counter = 0
+        self.functions: Dict[bytes, Function] = {}
+        self.jobs: Dict[bytes, Job] = {}
+        self.conns: Dict[int, Conn] = {}
+        self.out: Dict[int, List[Output]] = {}
+        self.timers: List[Tuple[float, int, int, Job, int]] = []
+        self._seq = 0
+        self.round_robin = settings.round_robin
+        self.wakeup = settings.worker_wakeup
+        self.max_retries = settings.job_retries
+        self.on_idle: Optional[Callable[[], None]] = None   # graceful-stop hook
+
+    # ---- plumbing -------------------------------------------------------------------
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def send(self, conn: Conn, data: bytes) -> None:
+        out = self.out.get(conn.io_id)
+        if out is None:
+            out = self.out[conn.io_id] = []
+        out.append((conn.id, data))
+
+    def close(self, conn: Conn) -> None:
+        """Forget the connection and have its I/O thread close it after pending replies."""
+        self.disconnect(conn)
+        self.out.setdefault(conn.io_id, []).append((conn.id, None))
+
+    def error(self, conn: Conn, code: bytes, text: bytes) -> None:
+        log.warning("GEARMAN_%s:%s", code.decode(), text.decode("utf-8", "replace"))
+        self.send(conn, pack(Cmd.ERROR, code, text))
+
+    def function(self, name: bytes) -> Function:
+        func = self.functions.get(name)
+        if func is None:
+            func = self.functions[name] = Function(name, self.next_seq())
+        return func
+
+    # ---- connections ----------------------------------------------------------------
+    def connect(self, conn_id: int, io_id: int, fd: int, ip: str, port: int) -> Conn:
+        conn = Conn(conn_id, io_id, fd, ip, port, self.next_seq(), self.settings.exceptions)
+        self.conns[conn_id] = conn
+        return conn
+
+    def disconnect(self, conn: Conn) -> None:
+        """Peer gone: requeue what it held, detach it from what it waited on."""
+        self.conns.pop(conn.id, None)
+        self.release_jobs(conn, None)
+        for ability in conn.abilities:
+            self._remove_worker(ability.function, conn)
+        conn.abilities.clear()
+        for job in list(conn.listening.values()):
+            self.detach(job, conn)
+        conn.listening.clear()
+
+    def _remove_worker(self, func: Function, conn: Conn) -> None:
+        try:
+            func.workers.remove(conn)
+        except ValueError:
+            pass
+
+    # ---- abilities ------------------------------------------------------------------
+    def can_do(self, conn: Conn, name: bytes, timeout_ms: int) -> None:
+        func = self.function(name)
+        conn.abilities.append(Ability(func, timeout_ms))
+        func.workers.append(conn)
+
+    def cant_do(self, conn: Conn, name: bytes) -> None:
+        func = self.functions.get(name)
+        if func is None:
+            return
+        kept = [a for a in conn.abilities if a.function is not func]
+        for _ in range(len(conn.abilities) - len(kept)):
+            self._remove_worker(func, conn)
+        conn.abilities[:] = kept
+        self.release_jobs(conn, func)
+
+    def reset_abilities(self, conn: Conn) -> None:
+        for ability in conn.abilities:
+            self._remove_worker(ability.function, conn)
+        conn.abilities.clear()
+        self.release_jobs(conn, None)
+
+    # ---- submission -----------------------------------------------------------------
+    def submit(self, conn: Optional[Conn], name: bytes, unique: bytes, data: bytes,
+               priority: int, background: bool, when: int = 0, reducer: bytes = b"") -> Job:
+        """Create (or coalesce into) a job; raises EngineError to refuse it."""
+        if len(unique) > MAX_UNIQUE or len(reducer) > MAX_UNIQUE:
+            raise EngineError(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+        func = self.function(name)
+        if unique == b"":
+            key: Optional[bytes] = None
+        elif unique == b"-":
+            key = b"\0" + data if data else None
+        else:
+            key = unique
+        if key is not None:
+            job = func.by_unique.get(key)
+            if job is not None:
+                if conn is not None and not background:
+                    self.attach(job, conn)
+                self._log_accepted(job)
+                return job
+        limit = func.max_queue[priority]
+        if limit and func.total >= limit:
+            raise EngineError(b"QUEUE_ERROR", b"Job queue is full")
+        self.handle_counter += 1
+        handle = self.handle_prefix + str(self.handle_counter).encode()
+        job = Job(handle, func, unique, key, data, priority, background, when, reducer,
+                  self.next_seq())
+        if background:
+            if conn is not None:   # replayed jobs are already stored
+                if when and not self.backend.supports_epoch:
+                    raise EngineError(b"QUEUE_ERROR", b"QUEUE_ERROR")
+                try:
+                    self.backend.add(StoredJob(unique, name, data, priority, when))
+                    self.backend.flush()
+                except Exception as exc:  # any backend failure refuses the job
+                    log.error("queue add failed for %s: %s", handle.decode(), exc)
+                    raise EngineError(b"QUEUE_ERROR", b"QUEUE_ERROR") from None
+            job.persisted = True
+        self.jobs[handle] = job
+        if key is not None:
+            func.by_unique[key] = job
+        func.total += 1
+        if conn is not None and not background:
+            self.attach(job, conn)
+        func.queues[priority].append(job)
+        if when and when > time.time():
+            self.add_timer(time.monotonic() + (when - time.time()), TIMER_EPOCH, job, 0)
+        self.wake(func)
+        self._log_accepted(job)
+        return job
+
+    def _log_accepted(self, job: Job) -> None:
+        if log.isEnabledFor(NOTICE):
+            log.log(NOTICE, "accepted,%s,%s,%d", job.function.name.decode("utf-8", "replace"),
+                    job.unique.decode("utf-8", "replace"), job.when)
+
+    def attach(self, job: Job, conn: Conn) -> None:
+        if job.handle not in conn.listening:
+            job.clients.insert(0, conn)
+            conn.listening[job.handle] = job
+
+    def detach(self, job: Job, conn: Conn) -> None:
+        try:
+            job.clients.remove(conn)
+        except ValueError:
+            pass
+        if not job.clients and not job.background and not job.ignored:
+            self._ignore(job)
+
+    def _ignore(self, job: Job) -> None:
+        """Nobody wants the result: purge a queued job lazily, let a running one finish."""
+        job.ignored = True
+        if job.key is not None and job.function.by_unique.get(job.key) is job:
+            del job.function.by_unique[job.key]
+
+    # ---- wakeups --------------------------------------------------------------------
+    def wake(self, func: Function) -> None:
+        workers = func.workers
+        n = len(workers)
+        if not n:
+            return
+        limit = self.wakeup
+        start = func.wake_pos % n
+        woken = 0
+        for i in range(n):
+            w = workers[(start + i) % n]
+            if w.sleeping and not w.noop_sent:
+                w.noop_sent = True
+                self.send(w, _NOOP)
+                woken += 1
+                if limit and woken >= limit:
+                    func.wake_pos = start + i + 1
+                    return
+        func.wake_pos = start + 1
+
+    # ---- assignment -----------------------------------------------------------------
+    def _take(self, func: Function, now: float) -> Optional[Job]:
+        """The first due, wanted job of the highest non-empty priority; purges ignored."""
+        for dq in func.queues:
+            i = 0
+            while i < len(dq):
+                job = dq[i]
+                if job.ignored:
+                    del dq[i]
+                    self._forget(job)
+                    continue
+                if job.when and job.when > now:
+                    i += 1
+                    continue
+                if i == 0:
+                    dq.popleft()
+                else:
+                    del dq[i]
+                return job
+        return None
+
+    def has_due_job(self, conn: Conn) -> bool:
+        now = time.time()
+        for ability in conn.abilities:
+            for dq in ability.function.queues:
+                for job in dq:
+                    if not job.ignored and (not job.when or job.when <= now):
+                        return True
+        return False
+
+    def grab(self, conn: Conn) -> Optional[Job]:
+        conn.sleeping = False
+        conn.noop_sent = False
+        abilities = conn.abilities
+        now = 0.0
+        for idx, ability in enumerate(abilities):
+            func = ability.function
+            if not (func.queues[0] or func.queues[1] or func.queues[2]):
+                continue
+            if not now:
+                now = time.time()
+            job = self._take(func, now)
+            if job is None:
+                continue
+            if self.round_robin:
+                abilities.append(abilities.pop(idx))
+            job.worker = conn
+            job.token += 1
+            conn.held[job.handle] = job
+            func.running += 1
+            if ability.timeout_ms > 0:
+                self.add_timer(time.monotonic() + ability.timeout_ms / 1000.0,
+                               TIMER_WORKER_TIMEOUT, job, job.token)
+            return job
+        return None
+
+    def release_jobs(self, conn: Conn, func: Optional[Function]) -> None:
+        """Requeue the jobs a worker holds (all, or those of one function), newest first."""
+        for handle in reversed(list(conn.held)):
+            job = conn.held[handle]
+            if func is None or job.function is func:
+                self.requeue(job)
+
+    def requeue(self, job: Job) -> None:
+        worker = job.worker
+        if worker is not None:
+            worker.held.pop(job.handle, None)
+        job.worker = None
+        job.function.running -= 1
+        job.retries += 1
+        job.numerator = job.denominator = b"0"
+        if self.max_retries and job.retries >= self.max_retries:
+            log.log(NOTICE, "Dropped job due to max retry count: %s %s",
+                    job.handle.decode(), job.unique.decode("utf-8", "replace"))
+            self._tell_clients_fail(job)
+            self._done(job)
+            self._forget(job)
+            return
+        job.function.queues[job.priority].append(job)
+        self.wake(job.function)
+
+    # ---- results --------------------------------------------------------------------
+    def owned_job(self, conn: Conn, handle: bytes) -> Optional[Job]:
+        job = conn.held.get(handle)
+        return job
+
+    def forward(self, job: Job, packet: bytes) -> None:
+        for client in job.clients:
+            self.send(client, packet)
+
+    def finish(self, job: Job) -> None:
+        worker = job.worker
+        if worker is not None:
+            worker.held.pop(job.handle, None)
+            job.function.running -= 1
+            job.worker = None
+        self._done(job)
+        self._forget(job)
+
+    def _tell_clients_fail(self, job: Job) -> None:
+        if job.clients:
+            self.forward(job, pack(Cmd.WORK_FAIL, job.handle))
+
+    def _done(self, job: Job) -> None:
+        if job.persisted:
+            job.persisted = False
+            try:
+                self.backend.done(job.unique, job.function.name)
+            except Exception as exc:
+                log.error("queue done failed for %s: %s", job.handle.decode(), exc)
+
+    def _forget(self, job: Job) -> None:
+        """Remove a job that is neither queued nor running any more."""
+        if self.jobs.pop(job.handle, None) is None:
+            return
+        func = job.function
+        func.total -= 1
+        if job.key is not None and func.by_unique.get(job.key) is job:
+            del func.by_unique[job.key]
+        for client in job.clients:
+            client.listening.pop(job.handle, None)
+        job.clients = []
+        if self.on_idle is not None and not self.jobs:
+            self.on_idle()
+
+    def cancel(self, handle: bytes) -> bool:
+        job = self.jobs.get(handle)
+        if job is None:
+            return False
+        self._tell_clients_fail(job)
+        self._done(job)
+        if not job.ignored:
+            self._ignore(job)
+        if job.worker is None:
+            # Queued: drop it now rather than leaving a phantom in `status`.
+            try:
+                job.function.queues[job.priority].remove(job)
+            except ValueError:
+                pass
+            self._forget(job)
+        return True
+
+    # ---- timers ---------------------------------------------------------------------
+    def add_timer(self, deadline: float, kind: int, job: Job, token: int) -> None:
+        heapq.heappush(self.timers, (deadline, self.next_seq(), kind, job, token))
+
+    def next_deadline(self) -> Optional[float]:
+        return self.timers[0][0] if self.timers else None
+
+    def run_timers(self) -> None:
+        now = time.monotonic()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, job, token = heapq.heappop(timers)
+            if kind == TIMER_WORKER_TIMEOUT:
+                if job.worker is not None and job.token == token and job.handle in self.jobs:
+                    log.warning("Worker timeout reached on job, requeueing: %s %s",
+                                job.handle.decode(), job.unique.decode("utf-8", "replace"))
+                    self.requeue(job)
+            elif job.handle in self.jobs and job.worker is None:
+                self.wake(job.function)
+
+
+PRIORITY_NAMES = {HIGH: "high", NORMAL: "normal", LOW: "low"}
+__all__ = ["Engine", "EngineError", "PRIORITIES", "HIGH", "NORMAL", "LOW"]

@@ -1,0 +1,293 @@
+"""I/O loops: a selector over the connections one thread owns.
+
+Theory of operation.  Each IOLoop owns its sockets, their decoders and write buffers; no
+other thread touches them.  A readable socket is read once (at most READ_SIZE bytes: larger
+``recv`` sizes cost CPython an mmap per call), its complete requests are decoded, and all
+requests of one selector round go to the processor as ONE batch ``[(conn_id, events)]``.
+Replies come back through the loop's Mailbox as lists of ``(conn_id, bytes | None)``; every
+connection's replies from one batch are joined and sent with one ``send``; only a partial
+send registers the socket for writing.  ``None`` closes the connection once its output is
+flushed.
+
+Loops run on the "io-N" threads for ``-t N >= 1`` (the ``-t 1`` loop also runs the
+processor inline) and on the main thread for ``-t 0``, where it also owns the listening
+sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .engine import Output
+from .listener import accept_all
+from .processor import CLOSED, CONNECT, Batch, Processor
+from .protocol.codec import Decoder
+from .wakeup import Mailbox
+
+log = logging.getLogger("gearmand")
+
+#: Bytes read per recv (see design.md: above 64 KiB each call costs an mmap/munmap).
+READ_SIZE = 65536
+#: Stop reading from a connection while this much output waits for it (backpressure).
+PAUSE_READ_AT = 4 * 1024 * 1024
+
+# Mailbox message kinds (first tuple element).
+MSG_OUTPUT = 0      # (MSG_OUTPUT, [(conn_id, bytes | None)])
+MSG_ADD = 1         # (MSG_ADD, conn_id, socket, (ip, port))
+MSG_CALL = 2        # (MSG_CALL, fn)
+MSG_STOP = 3        # (MSG_STOP,)
+
+_LISTENER = object()
+_MAILBOX = object()
+
+
+class Connection:
+    __slots__ = ("id", "sock", "decoder", "wbuf", "close_after", "events", "paused")
+
+    def __init__(self, conn_id: int, sock: socket.socket, max_packet: int) -> None:
+        self.id = conn_id
+        self.sock = sock
+        self.decoder = Decoder(max_packet)
+        self.wbuf = bytearray()
+        self.close_after = False
+        self.events = selectors.EVENT_READ
+        self.paused = False
+
+
+class IOLoop:
+    """One selector loop.  ``post`` ships a batch to the processor (unless inline)."""
+
+    def __init__(self, io_id: int, max_packet: int,
+                 post: Optional[Callable[[int, List[Batch]], None]] = None,
+                 processor: Optional[Processor] = None,
+                 listeners: Sequence[socket.socket] = (),
+                 next_conn_id: Optional[Callable[[], int]] = None) -> None:
+        self.io_id = io_id
+        self.max_packet = max_packet
+        self.max_output = max(4 * max_packet, 64 * 1024 * 1024)
+        self.post = post
+        self.processor = processor
+        self.listeners = list(listeners)
+        self.next_conn_id = next_conn_id
+        self.mailbox = Mailbox()
+        self.sel = selectors.DefaultSelector()
+        self.conns: Dict[int, Connection] = {}
+        self.running = False
+        self._batch: List[Batch] = []
+        self._dirty: Dict[Connection, List[bytes]] = {}
+        self.on_stop: Optional[Callable[[], None]] = None
+
+    # ---- entry points (any thread) ---------------------------------------------------
+    def deliver(self, io_id: int, items: List[Output]) -> None:
+        """Processor -> this loop (from the processing thread)."""
+        self.mailbox.put((MSG_OUTPUT, items))
+
+    def deliver_inline(self, io_id: int, items: List[Output]) -> None:
+        """Processor -> this loop when the processor runs on this very thread."""
+        self._apply_output(items)
+
+    # ---- the loop --------------------------------------------------------------------
+    def run(self) -> None:
+        sel = self.sel
+        sel.register(self.mailbox.fileno(), selectors.EVENT_READ, _MAILBOX)
+        for lsock in self.listeners:
+            sel.register(lsock, selectors.EVENT_READ, _LISTENER)
+        self.running = True
+        proc = self.processor
+        select = sel.select
+        read = self._read
+        while self.running:
+            ready = select(proc.timeout() if proc is not None else None)
+            for key, mask in ready:
+                data = key.data
+                if data is _MAILBOX:
+                    self._mailbox()
+                elif data is _LISTENER:
+                    self._accept(key.fileobj)  # type: ignore[arg-type]
+                else:
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush_pending(data)
+                    if mask & selectors.EVENT_READ:
+                        read(data)
+            self._settle()
+        self._shutdown()
+
+    def _settle(self) -> None:
+        """Ship the round's batch, run the inline processor, send replies; repeat while
+        closing connections produced more events."""
+        proc = self.processor
+        while True:
+            batch = self._batch
+            if batch:
+                self._batch = []
+                if proc is not None:
+                    proc.handle(self.io_id, batch)
+                else:
+                    self.post(self.io_id, batch)  # type: ignore[misc]
+            if proc is not None:
+                proc.run_timers()
+                proc.flush()
+            if self._dirty:
+                self._send_dirty()
+            if not self._batch:
+                return
+
+    def _read(self, conn: Connection) -> None:
+        try:
+            data = conn.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        events = conn.decoder.feed(data)
+        if events:
+            self._batch.append((conn.id, events))
+
+    def _mailbox(self) -> None:
+        for msg in self.mailbox.drain():
+            kind = msg[0]
+            if kind == MSG_OUTPUT:
+                self._apply_output(msg[1])
+            elif kind == MSG_ADD:
+                self._add(msg[1], msg[2], msg[3])
+            elif kind == MSG_CALL:
+                msg[1]()
+            elif kind == MSG_STOP:
+                self.running = False
+
+    def _accept(self, lsock: socket.socket) -> None:
+        assert self.next_conn_id is not None
+        for sock, addr in accept_all(lsock):
+            self._add(self.next_conn_id(), sock, addr)
+
+    def _add(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int]) -> None:
+        conn = Connection(conn_id, sock, self.max_packet)
+        self.conns[conn_id] = conn
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+        self._batch.append((conn_id, [(CONNECT, False, (sock.fileno(), addr[0], addr[1]))]))
+
+    # ---- output ----------------------------------------------------------------------
+    def _apply_output(self, items: List[Output]) -> None:
+        conns = self.conns
+        dirty = self._dirty
+        for conn_id, data in items:
+            conn = conns.get(conn_id)
+            if conn is None:
+                continue
+            if data is None:
+                conn.close_after = True
+                dirty.setdefault(conn, [])
+                continue
+            pending = dirty.get(conn)
+            if pending is None:
+                dirty[conn] = [data]
+            else:
+                pending.append(data)
+
+    def _send_dirty(self) -> None:
+        dirty = self._dirty
+        self._dirty = {}
+        for conn, chunks in dirty.items():
+            if conn.id not in self.conns:
+                continue
+            if conn.wbuf:
+                conn.wbuf += b"".join(chunks)
+                if len(conn.wbuf) > self.max_output:
+                    log.warning("output buffer over %d bytes, closing connection",
+                                self.max_output)
+                    self._drop(conn)
+                    continue
+                self._update_interest(conn)
+                continue
+            if chunks:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                try:
+                    sent = conn.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    self._drop(conn)
+                    continue
+                if sent < len(data):
+                    conn.wbuf += memoryview(data)[sent:]
+            if not conn.wbuf and conn.close_after:
+                self._drop(conn)
+                continue
+            self._update_interest(conn)
+
+    def _flush_pending(self, conn: Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        del conn.wbuf[:sent]
+        if not conn.wbuf and conn.close_after:
+            self._drop(conn)
+            return
+        self._update_interest(conn)
+
+    def _update_interest(self, conn: Connection) -> None:
+        want = 0
+        pending = len(conn.wbuf)
+        if pending:
+            want |= selectors.EVENT_WRITE
+        if pending < PAUSE_READ_AT and not conn.close_after:
+            want |= selectors.EVENT_READ
+        if want != conn.events:
+            conn.events = want
+            if want:
+                self.sel.modify(conn.sock, want, conn)
+            else:
+                self.sel.unregister(conn.sock)
+
+    # ---- closing ---------------------------------------------------------------------
+    def _drop(self, conn: Connection) -> None:
+        if self.conns.pop(conn.id, None) is None:
+            return
+        if conn.events:
+            try:
+                self.sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+        self._batch.append((conn.id, [(CLOSED, False, ())]))
+
+    def _shutdown(self) -> None:
+        for conn in list(self.conns.values()):
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
+        self.conns.clear()
+        self.sel.close()
+        self.mailbox.close()
+
+
+class IOThread(threading.Thread):
+    """Runs one IOLoop on thread "io-N"; a crash is reported, never silent."""
+
+    def __init__(self, loop: IOLoop, on_crash: Callable[[BaseException], None]) -> None:
+        super().__init__(name=f"io-{loop.io_id}", daemon=True)
+        self.loop = loop
+        self.on_crash = on_crash
+
+    def run(self) -> None:
+        try:
+            self.loop.run()
+        except BaseException as exc:  # noqa: BLE001 - reported to the supervisor
+            self.on_crash(exc)
+
+

@@ -1,0 +1,164 @@
+"""Sans-IO codec for the Gearman port: binary packets and admin text lines, bytes <-> events.
+
+Theory of operation.  ``Decoder.feed(data)`` appends bytes to one buffer and returns every
+complete request in it as an event tuple ``(cmd, is_request_magic, args)``:
+
+* binary packet: ``cmd`` is the command number (1..42), ``args`` its arguments split by the
+  command table (the last argument of a no-data command, and the data of a data command,
+  may hold NULs);
+* admin text line (first byte not NUL): ``cmd`` is ``TEXT`` (0) and ``args`` its tokens;
+* a protocol error: ``cmd`` is ``PROTOCOL_ERROR`` (-1) and ``args`` is ``(message,)``; it is
+  always the last event, and the decoder accepts nothing after it (the connection is closed
+  by its owner once the earlier events are answered).
+
+Text or binary is decided per request, like gearmand.  Limits are checked on the header,
+before a payload is buffered.  No sockets, threads, clocks or logging here; the I/O thread
+that owns a connection owns its Decoder.  ``pack()`` builds a response packet.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import List, Tuple
+
+from .commands import COMMANDS, HEADER_SIZE, MAX_COMMAND, REQ_MAGIC, RES_MAGIC
+
+TEXT = 0
+PROTOCOL_ERROR = -1
+
+#: An admin line longer than this without LF closes the connection (gearmand's 8 KiB buffer).
+MAX_TEXT_LINE = 8192
+#: More admin tokens than this close the connection, as gearmand does.
+MAX_TEXT_TOKENS = 5
+
+Event = Tuple[int, bool, Tuple[bytes, ...]]
+
+_HEADER = struct.Struct(">4sII")
+_UNPACK_HEADER = _HEADER.unpack_from
+_PACK_HEADER = _HEADER.pack
+
+# (expected part count, maxsplit) per command, for bytes.split(b"\0", maxsplit).
+_SPLIT = {}
+for _cmd, _spec in COMMANDS.items():
+    if _spec.has_data:
+        _SPLIT[_cmd] = (_spec.argc + 1, _spec.argc)
+    elif _spec.argc == 0:
+        _SPLIT[_cmd] = (0, 0)
+    else:
+        _SPLIT[_cmd] = (_spec.argc, _spec.argc - 1)
+
+
+def split_text(line: bytes) -> Tuple[bytes, ...]:
+    """Split an admin line like gearmand: on spaces, runs collapse, a leading space makes an
+    empty first token."""
+    tokens = [t for t in line.split(b" ") if t]
+    if line.startswith(b" "):
+        tokens.insert(0, b"")
+    return tuple(tokens)
+
+
+class Decoder:
+    """Incremental request parser for one connection."""
+
+    __slots__ = ("_buf", "_need", "max_packet", "failed")
+
+    def __init__(self, max_packet: int) -> None:
+        self._buf = bytearray()
+        self._need = 0           # bytes the buffer must hold before parsing can progress
+        self.max_packet = max_packet
+        self.failed = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> List[Event]:
+        """Add bytes; return the complete requests now available (maybe none)."""
+        if self.failed:
+            return []
+        buf = self._buf
+        buf += data
+        if len(buf) < self._need:
+            return []
+        self._need = 0
+        events: List[Event] = []
+        append = events.append
+        pos = 0
+        end = len(buf)
+        while pos < end:
+            if buf[pos] != 0:
+                nl = buf.find(b"\n", pos, pos + MAX_TEXT_LINE + 1)
+                if nl < 0:
+                    if end - pos > MAX_TEXT_LINE:
+                        append(self._fail(b"text line longer than 8192 bytes"))
+                    break
+                line = bytes(buf[pos:nl])
+                pos = nl + 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                tokens = split_text(line)
+                if len(tokens) > MAX_TEXT_TOKENS:
+                    append(self._fail(b"too many arguments for command(GEARMAN_TEXT)"))
+                    break
+                append((TEXT, True, tokens))
+                continue
+            if end - pos < HEADER_SIZE:
+                self._need = HEADER_SIZE - (end - pos)
+                break
+            magic, cmd, size = _UNPACK_HEADER(buf, pos)
+            if magic == REQ_MAGIC:
+                is_req = True
+            elif magic == RES_MAGIC:
+                is_req = False
+            else:
+                append(self._fail(b"invalid magic"))
+                break
+            if cmd == 0 or cmd > MAX_COMMAND:
+                append(self._fail(b"invalid command %d" % cmd))
+                break
+            if size > self.max_packet:
+                append(self._fail(b"packet of %d bytes exceeds the maximum of %d"
+                                  % (size, self.max_packet)))
+                break
+            start = pos + HEADER_SIZE
+            stop = start + size
+            if stop > end:
+                self._need = stop - end
+                break
+            parts, maxsplit = _SPLIT[cmd]
+            if parts == 0:
+                args: Tuple[bytes, ...] = ()
+            elif maxsplit == 0:
+                args = (bytes(buf[start:stop]),)
+            else:
+                args = tuple(bytes(buf[start:stop]).split(b"\0", maxsplit))
+                if len(args) != parts:
+                    append(self._fail(b"command %d needs %d arguments" % (cmd, parts)))
+                    break
+            append((cmd, is_req, args))
+            pos = stop
+        if pos:
+            del buf[:pos]
+        return events
+
+    def _fail(self, message: bytes) -> Event:
+        self.failed = True
+        self._buf = bytearray()
+        return (PROTOCOL_ERROR, False, (message,))
+
+
+def pack(cmd: int, *args: bytes) -> bytes:
+    """A response packet (``\\0RES``) with its arguments joined by NUL."""
+    payload = b"\0".join(args)
+    return _PACK_HEADER(RES_MAGIC, cmd, len(payload)) + payload
+
+
+def pack_request(cmd: int, *args: bytes) -> bytes:
+    """A request packet (``\\0REQ``); used by tools that act as clients."""
+    payload = b"\0".join(args)
+    return _PACK_HEADER(REQ_MAGIC, cmd, len(payload)) + payload
+
+
+def header(cmd: int, size: int) -> bytes:
+    """A response header alone, for callers that send the payload separately."""
+    return _PACK_HEADER(RES_MAGIC, cmd, size)

@@ -1,0 +1,118 @@
+"""Job-engine records: connections, functions and jobs as the processing thread sees them.
+
+Only the processing thread creates or mutates these objects (other threads never see them).
+Also gearmand's one-at-a-time hash, used to list functions and jobs in gearmand's order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Deque, Dict, List, Optional, Tuple
+
+HIGH, NORMAL, LOW = 0, 1, 2
+PRIORITIES = (HIGH, NORMAL, LOW)
+#: Bucket count of gearmand's function table (fixed in 1.1.20).
+FUNCTION_BUCKETS = 991
+
+
+def gearman_hash(key: bytes) -> int:
+    """gearmand's signed 32-bit one-at-a-time hash (reference §3.4); never 0."""
+    v = 0
+    for b in key:
+        c = b - 256 if b > 127 else b          # signed char
+        v = (v + c) & 0xFFFFFFFF
+        v = (v + (v << 10)) & 0xFFFFFFFF
+        sv = v - (1 << 32) if v & 0x80000000 else v
+        v = (v ^ ((sv >> 6) & 0xFFFFFFFF)) & 0xFFFFFFFF
+    v = (v + (v << 3)) & 0xFFFFFFFF
+    sv = v - (1 << 32) if v & 0x80000000 else v
+    v = (v ^ ((sv >> 11) & 0xFFFFFFFF)) & 0xFFFFFFFF
+    v = (v + (v << 15)) & 0xFFFFFFFF
+    return v or 1
+
+
+def bucket_order(key: bytes, buckets: int, seq: int) -> Tuple[int, int]:
+    """Sort key reproducing gearmand's listing: ascending bucket, newest first inside one."""
+    return (gearman_hash(key) % buckets, -seq)
+
+
+class Ability:
+    """One CAN_DO / CAN_DO_TIMEOUT registration of a connection."""
+
+    __slots__ = ("function", "timeout_ms")
+
+    def __init__(self, function: "Function", timeout_ms: int) -> None:
+        self.function = function
+        self.timeout_ms = timeout_ms
+
+
+class Conn:
+    """A client/worker/admin connection, as known to the processing thread."""
+
+    __slots__ = ("id", "io_id", "fd", "ip", "port", "client_id", "abilities", "sleeping",
+                 "noop_sent", "exceptions", "held", "listening", "seq", "http")
+
+    def __init__(self, conn_id: int, io_id: int, fd: int, ip: str, port: int, seq: int,
+                 exceptions: bool) -> None:
+        self.id = conn_id
+        self.io_id = io_id
+        self.fd = fd
+        self.ip = ip
+        self.port = port
+        self.seq = seq
+        self.client_id = b"-"
+        self.abilities: List[Ability] = []      # oldest registration first
+        self.sleeping = False
+        self.noop_sent = False
+        self.exceptions = exceptions
+        self.held: Dict[bytes, Job] = {}         # jobs assigned to this worker, by handle
+        self.listening: Dict[bytes, Job] = {}    # foreground jobs this client waits on
+        self.http = False
+
+
+class Function:
+    __slots__ = ("name", "queues", "workers", "total", "running", "max_queue", "wake_pos",
+                 "by_unique", "seq")
+
+    def __init__(self, name: bytes, seq: int) -> None:
+        self.name = name
+        self.seq = seq
+        self.queues: Tuple[Deque[Job], Deque[Job], Deque[Job]] = (deque(), deque(), deque())
+        self.workers: List[Conn] = []      # one entry per registration
+        self.total = 0                     # queued + running (+ ignored not yet purged)
+        self.running = 0
+        self.max_queue = [0, 0, 0]         # per priority; 0 = unlimited
+        self.wake_pos = 0
+        self.by_unique: Dict[bytes, Job] = {}
+
+    def queued(self) -> int:
+        q = self.queues
+        return len(q[0]) + len(q[1]) + len(q[2])
+
+
+class Job:
+    __slots__ = ("handle", "function", "unique", "key", "data", "priority", "background",
+                 "when", "reducer", "clients", "worker", "numerator", "denominator",
+                 "retries", "ignored", "persisted", "token", "seq")
+
+    def __init__(self, handle: bytes, function: Function, unique: bytes, key: Optional[bytes],
+                 data: bytes, priority: int, background: bool, when: int, reducer: bytes,
+                 seq: int) -> None:
+        self.handle = handle
+        self.function = function
+        self.unique = unique
+        self.key = key                     # coalescing key in function.by_unique, or None
+        self.data = data
+        self.priority = priority
+        self.background = background
+        self.when = when
+        self.reducer = reducer
+        self.seq = seq
+        self.clients: List[Conn] = []      # attached foreground clients, newest first
+        self.worker: Optional[Conn] = None
+        self.numerator = b"0"
+        self.denominator = b"0"
+        self.retries = 0
+        self.ignored = False
+        self.persisted = False
+        self.token = 0                     # bumped on every assignment (timer validity)
