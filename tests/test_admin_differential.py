@@ -253,7 +253,7 @@ def scenario(srv: Server) -> list[tuple[str, bytes]]:
     handles = [line.split(b"\t")[0] for line in admin.admin("show jobs").split(b"\n")[:-2]]
     zeta = [h for h in handles if h.endswith(b":8")]
     assert zeta, handles
-    ask("cancel job " + zeta[0].decode())
+    out.append(("cancel job <zeta>", normalise(admin.admin("cancel job " + zeta[0].decode()))))
     ask("show jobs")
     ask("status")
     ask("workers")
