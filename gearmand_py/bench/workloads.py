@@ -1,0 +1,283 @@
+"""The benchmark workloads: each takes a running server and returns one dict of metrics.
+
+Runs in the parent process; throughput workloads hand the load to generator processes
+(:mod:`.gen`), while ``idle`` and ``mem`` drive the server from the parent itself (they
+measure memory, not speed).  Every workload is bounded by a count and a time limit from
+:class:`Params`.  The first key of a workload's ``metric`` is its headline number.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, List, Optional
+
+from . import gen, proto
+from .servers import Server
+
+Metrics = Dict[str, Any]
+
+
+@dataclass
+class Params:
+    """Counts and time limits; ``quick()`` gives the CI smoke-test sizes."""
+
+    procs: int = 2             # generator processes per side (clients / workers)
+    payload: int = 100         # bytes per job for fg, bg, drain, mem
+    fg_clients: int = 16
+    fg_workers: int = 4
+    fg_jobs: int = 200_000
+    fg_time: float = 2.0
+    bg_conns: int = 2          # connections per generator process
+    bg_window: int = 256       # submits in flight per connection
+    bg_jobs: int = 200_000
+    bg_time: float = 2.0
+    drain_jobs: int = 100_000
+    drain_workers: int = 4
+    drain_depth: int = 1       # GRAB_JOBs in flight per worker
+    drain_time: float = 3.0
+    big_size: int = 1 << 20
+    big_clients: int = 2
+    big_workers: int = 2
+    big_jobs: int = 2_000
+    big_time: float = 2.0
+    idle_conns: int = 10_000
+    idle_time: float = 30.0
+    mem_jobs: int = 100_000
+    mem_time: float = 30.0
+    status_jobs: int = 200_000
+    status_time: float = 2.0
+    status_interval: float = 0.002
+
+    @classmethod
+    def quick(cls) -> "Params":
+        return cls(fg_jobs=2_000, fg_time=0.3, bg_jobs=5_000, bg_time=0.3, drain_jobs=2_000,
+                   drain_time=0.5, big_size=256 << 10, big_jobs=20, big_time=0.3,
+                   idle_conns=200, idle_time=5.0, mem_jobs=5_000, mem_time=5.0,
+                   status_jobs=5_000, status_time=0.3)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _split(total: int, parts: int) -> List[int]:
+    per, extra = divmod(total, max(parts, 1))
+    return [per + (1 if i < extra else 0) for i in range(max(parts, 1))]
+
+
+def percentile(values: List[float], q: float) -> float:
+    """Nearest-rank percentile of ``values`` (0 when empty)."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(q * len(s) + 0.5)) - 1))]
+
+
+def _fg(server: Server, p: Params, clients: int, workers: int, payload: bytes, jobs: int,
+        time_limit: float, func: bytes) -> Metrics:
+    roles: List[gen.Role] = []
+    for n, j in zip(_split(clients, p.procs), _split(jobs, p.procs)):
+        if n:
+            roles.append(gen.FgClients(server.port, func, n, payload, j))
+    for n in _split(workers, p.procs):
+        if n:
+            roles.append(gen.EchoWorkers(server.port, func, n))
+    out = gen.run_roles(roles, server.cpu, time_limit)
+    done = sum(r.get("jobs", 0) for r in out.results)
+    lat: List[float] = []
+    for r in out.results:
+        lat.extend(r.get("lat", ()))
+    m: Metrics = {"jobs_s": done / out.wall, "jobs": done,
+                  "failed": sum(r.get("failed", 0) for r in out.results),
+                  "p50_ms": percentile(lat, 0.50) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3}
+    m.update(out.metrics())
+    return m
+
+
+def fg(server: Server, p: Params) -> Metrics:
+    """Foreground round trips: C clients x W echo workers, one job in flight per client."""
+    return _fg(server, p, p.fg_clients, p.fg_workers, b"x" * p.payload, p.fg_jobs,
+               p.fg_time, b"bench_fg")
+
+
+def big(server: Server, p: Params) -> Metrics:
+    """1 MiB (``big_size``) foreground echo jobs; MB/s counts each job's payload once."""
+    m = _fg(server, p, p.big_clients, p.big_workers, b"x" * p.big_size, p.big_jobs,
+            p.big_time, b"bench_big")
+    mb_s = m["jobs_s"] * p.big_size / 1e6
+    return {"mb_s": mb_s, **m}
+
+
+def _bg_roles(server: Server, p: Params, func: bytes, jobs: int) -> List[gen.Role]:
+    return [gen.BgSubmitter(server.port, func, p.bg_conns, p.bg_window, b"x" * p.payload, j)
+            for j in _split(jobs, p.procs) if j]
+
+
+def bg(server: Server, p: Params) -> Metrics:
+    """Background submit rate: pipelined SUBMIT_JOB_BG, counting JOB_CREATED."""
+    out = gen.run_roles(_bg_roles(server, p, b"bench_bg", p.bg_jobs), server.cpu, p.bg_time)
+    done = sum(r.get("jobs", 0) for r in out.results)
+    m: Metrics = {"submits_s": done / out.wall, "jobs": done,
+                  "errors": sum(r.get("errors", 0) for r in out.results)}
+    m.update(out.metrics())
+    return m
+
+
+def drain(server: Server, p: Params) -> Metrics:
+    """Queue ``drain_jobs`` background jobs (untimed), then time W workers emptying it."""
+    func = b"bench_drain"
+    fill = gen.run_inline(gen.BgSubmitter(server.port, func, 1, p.bg_window, b"x" * p.payload,
+                                          p.drain_jobs), 60.0)
+    queued = fill["jobs"]
+    roles: List[gen.Role] = [gen.DrainWorkers(server.port, func, n, p.drain_depth)
+                             for n in _split(p.drain_workers, p.procs) if n]
+    out = gen.run_roles(roles, server.cpu, p.drain_time)
+    done = sum(r.get("jobs", 0) for r in out.results)
+    m: Metrics = {"jobs_s": done / out.wall, "jobs": done, "queued": queued,
+                  "fill_s": queued / max(fill["t_end"] - fill["t_start"], 1e-9)}
+    m.update(out.metrics())
+    return m
+
+
+def _echo_round_trip(sock: socket.socket) -> None:
+    sock.sendall(proto.echo(b"ping"))
+    want = proto.HEADER_SIZE + 4
+    got = b""
+    while len(got) < want:
+        chunk = sock.recv(want - len(got))
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        got += chunk
+
+
+def idle(server: Server, p: Params) -> Metrics:
+    """Open ``idle_conns`` connections (paced: each batch answers an ECHO before the next,
+    so the listen backlog never overflows), measure server RSS per connection, then check
+    that every connection still answers ECHO."""
+    with gen.connect(server.port) as probe:
+        _echo_round_trip(probe)
+        base = server.rss()
+    socks: List[socket.socket] = []
+    deadline = time.monotonic() + p.idle_time
+    t0 = time.monotonic()
+    batch = 16
+    try:
+        while len(socks) < p.idle_conns and time.monotonic() < deadline:
+            new = [gen.connect(server.port) for _ in range(min(batch, p.idle_conns - len(socks)))]
+            socks.extend(new)
+            for s in new:
+                s.sendall(proto.echo(b"ping"))
+            for s in new:
+                _read_exact(s, proto.HEADER_SIZE + 4)
+        opened = len(socks)
+        open_s = opened / max(time.monotonic() - t0, 1e-9)
+        time.sleep(0.2)
+        rss = server.rss()
+        answered = _echo_all(socks, max(deadline - time.monotonic(), 5.0))
+    finally:
+        for s in socks:
+            s.close()
+    return {"held": answered, "opened": opened, "open_s": open_s,
+            "bytes_per_conn": (rss - base) / max(opened, 1), "rss_base": base, "rss": rss}
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        if not chunk:
+            raise ConnectionError("server closed an idle connection")
+        got += chunk
+    return got
+
+
+def _echo_all(socks: List[socket.socket], time_limit: float) -> int:
+    """Send ECHO on every socket at once; count complete ECHO_RES replies."""
+    want = proto.HEADER_SIZE + 4
+    ep = select.epoll()
+    got: Dict[int, int] = {}
+    by_fd: Dict[int, socket.socket] = {}
+    try:
+        for s in socks:
+            s.setblocking(False)
+            fd = s.fileno()
+            by_fd[fd] = s
+            got[fd] = 0
+            ep.register(fd, select.EPOLLIN)
+            s.send(proto.echo(b"ping"))
+        answered = 0
+        deadline = time.monotonic() + time_limit
+        while answered < len(socks) and time.monotonic() < deadline:
+            for fd, _ev in ep.poll(0.2):
+                data = by_fd[fd].recv(4096)
+                if not data:
+                    ep.unregister(fd)
+                    continue
+                got[fd] += len(data)
+                if got[fd] >= want:
+                    answered += 1
+                    ep.unregister(fd)
+        return answered
+    finally:
+        ep.close()
+
+
+def mem(server: Server, p: Params) -> Metrics:
+    """RSS growth per queued background job: ``mem_jobs`` jobs of ``payload`` bytes."""
+    with gen.connect(server.port) as probe:
+        _echo_round_trip(probe)
+        time.sleep(0.1)
+        base = server.rss()
+    res = gen.run_inline(gen.BgSubmitter(server.port, b"bench_mem", 1, 256, b"x" * p.payload,
+                                         p.mem_jobs), p.mem_time)
+    time.sleep(0.1)
+    rss = server.rss()
+    return {"bytes_per_job": (rss - base) / max(res["jobs"], 1), "jobs": res["jobs"],
+            "rss_base": base, "rss": rss}
+
+
+def status(server: Server, p: Params) -> Metrics:
+    """``status`` admin latency while pipelined background submits load the server."""
+    roles: List[gen.Role] = _bg_roles(server, p, b"bench_status", p.status_jobs)
+    roles.append(gen.StatusProber(server.port, p.status_interval))
+    out = gen.run_roles(roles, server.cpu, p.status_time)
+    lat = out.results[-1].get("lat", [])
+    load = sum(r.get("jobs", 0) for r in out.results[:-1])
+    m: Metrics = {"p99_ms": percentile(lat, 0.99) * 1e3, "p50_ms": percentile(lat, 0.5) * 1e3,
+                  "probes": len(lat), "load_submits_s": load / out.wall}
+    m.update(out.metrics())
+    return m
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    run: Callable[[Server, Params], Metrics]
+    metric: str
+    unit: str
+    higher_is_better: bool
+    sweep: bool          # run at every -t (else only at the point -t)
+    title: str
+
+
+WORKLOADS: Dict[str, Workload] = {w.name: w for w in (
+    Workload("fg", fg, "jobs_s", "jobs/s", True, True,
+             "foreground round trips (clients x echo workers)"),
+    Workload("bg", bg, "submits_s", "submits/s", True, True, "background submits, pipelined"),
+    Workload("drain", drain, "jobs_s", "jobs/s", True, True, "drain a queue through workers"),
+    Workload("big", big, "mb_s", "MB/s", True, True, "1 MiB foreground echo payloads"),
+    Workload("idle", idle, "held", "conns", True, False,
+             "idle connections held, all answering"),
+    Workload("mem", mem, "bytes_per_job", "B/job", False, False,
+             "RSS per queued 100-byte background job"),
+    Workload("status", status, "p99_ms", "ms p99", False, False,
+             "`status` latency under background submit load"),
+)}
+
+
+def durable_hint() -> Optional[str]:
+    """Where the durable-queue workload plugs in (see --queue-args)."""
+    return ("pass --queue-args '-q libsqlite3 --libsqlite3-db={tmpdir}/q.db' to run every "
+            "workload against a durable queue")
