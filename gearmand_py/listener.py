@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from .errors import ConfigError
 from .settings import Settings
@@ -58,9 +58,10 @@ def bind_listeners(settings: Settings, port: Optional[str] = None) -> List[socke
                                        0, socket.AI_PASSIVE)
         except (socket.gaierror, UnicodeError) as exc:
             raise ConfigError(f"{host or '*'}:{service}: {exc}") from None
-        for family, kind, proto, _, addr in infos:
+        for family, kind, proto, _, sockaddr in infos:
+            addr: Tuple[Any, ...] = tuple(sockaddr)
             if sockets and addr[1] == 0:
-                addr = (addr[0], sockets[0].getsockname()[1]) + tuple(addr[2:])
+                addr = (addr[0], sockets[0].getsockname()[1]) + addr[2:]
             key = (family, addr[:2])
             if key in seen:
                 continue
@@ -80,7 +81,7 @@ def bind_listeners(settings: Settings, port: Optional[str] = None) -> List[socke
                 if exc.errno == errno.EAFNOSUPPORT or (
                         host is None and exc.errno == errno.EADDRNOTAVAIL):
                     continue
-                errors.append(f"{addr[0]}:{addr[1]}: {exc.strerror}")
+                errors.append(f"{addr[0]!s}:{addr[1]}: {exc.strerror}")
                 continue
             sock.setblocking(False)
             name = sock.getsockname()
