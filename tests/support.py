@@ -1,7 +1,7 @@
 """Test support: start real gearmand processes (this project's or C's) on loopback.
 
-Every server binds 127.0.0.1.  This project's server gets ``-p 0`` and reports the port it
-bound in its log ("Listening on 127.0.0.1:<port>"); C gearmand cannot report an ephemeral
+Every server binds 127.0.0.1.  This project's server gets ``-p 0``; the port it bound is read
+from its log ("Listening on 127.0.0.1:<port>") or, at quieter --verbose levels, from /proc; C gearmand cannot report an ephemeral
 port, so it gets a free port below 32768 (see reference §1: TIME_WAIT on ephemeral ports).
 """
 
@@ -30,6 +30,33 @@ def py_gearmand_cmd() -> List[str]:
     if exe and not exe.startswith("/usr/bin/") and not exe.startswith("/usr/sbin/"):
         return [exe]
     return [sys.executable, "-m", "gearmand_py"]
+
+
+def listening_ports(pid: int) -> List[int]:
+    """TCP ports a process listens on, from /proc (works at any --verbose level)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return []
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and fields[9] in inodes:   # LISTEN
+                        ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return sorted(set(ports))
 
 
 def free_low_port() -> int:
@@ -111,6 +138,9 @@ class Server:
                 except FileNotFoundError:
                     m = None
                 port = int(m.group(1)) if m else None
+            if port is None:
+                found = listening_ports(self.proc.pid)
+                port = found[0] if found else None
             if port is not None:
                 try:
                     with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
