@@ -158,6 +158,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         params.idle_conns = max(fd_limit - 100, 10)
     signal.signal(signal.SIGTERM, _on_term)
     started = time.time()
+    load_start = os.getloadavg()[0]
     try:
         results = runner.run(specs, workloads, params, rounds, args.point_threads,
                              progress=not args.no_progress, keep_going=not args.fail_fast)
@@ -176,6 +177,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "servers": [{"name": s.name, "cmd": s.cmd, "threads": s.threads, "extra": s.extra}
                     for s in specs],
         "params": params.as_dict(), "point_threads": args.point_threads,
+        "loadavg_at_start": load_start,
     }
     if args.json:
         print(report.to_json(results, baseline, meta))

@@ -16,6 +16,7 @@ readable event, all complete packets parsed in one pass, replies joined and sent
 from __future__ import annotations
 
 import multiprocessing
+import os
 import multiprocessing.connection
 import resource
 import select
@@ -28,6 +29,8 @@ from . import proto
 
 Result = Dict[str, Any]
 RECV_SIZE = 65536  # above 64 KiB CPython's recv() gets much slower (design.md)
+BIG_RECV = 1 << 20  # recv_into a preallocated buffer has no such penalty: used for big packets
+INITIAL_BUF = 256 << 10
 
 
 def connect(port: int, timeout: float = 10.0) -> socket.socket:
@@ -41,19 +44,35 @@ def cpu_self() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def cpu_machine() -> float:
+    """Busy CPU seconds of the whole machine (all CPUs) from /proc/stat.
+
+    Loopback TCP work done in softirq context is often charged to no process, so per-process
+    CPU times under-count; this is the total that the generator and server share."""
+    with open("/proc/stat", "rb") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    busy = sum(vals[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / CLK_TCK
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
 class Conn:
     """One non-blocking connection: input buffer, pending output, per-role state."""
 
-    __slots__ = ("sock", "fd", "buf", "need", "pending", "t0", "outstanding", "left",
+    __slots__ = ("sock", "fd", "buf", "n", "need", "pending", "t0", "outstanding", "left",
                  "active")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.fd = sock.fileno()
-        self.buf = bytearray()
+        self.buf = bytearray(INITIAL_BUF)  # reused: recv_into, never reallocated per read
+        self.n = 0  # valid bytes at the start of buf
         self.need = proto.HEADER_SIZE
-        self.pending: List[bytes] = []
+        self.pending: List[Any] = []  # bytes or memoryview, oldest first
         self.t0 = 0.0
         self.outstanding = 0
         self.left = 0
@@ -83,11 +102,27 @@ class Loop:
         except BlockingIOError:
             n = 0
         if n < len(data):
-            conn.pending.append(data[n:])
+            conn.pending.append(memoryview(data)[n:])
+            self.ep.modify(conn.fd, select.EPOLLIN | select.EPOLLOUT)
+
+    def writev(self, conn: Conn, parts: List[Any]) -> None:
+        """Send ``parts`` (bytes or memoryviews of an input buffer) with one sendmsg; any
+        unsent rest is copied, so no view outlives the call."""
+        if conn.pending:
+            conn.pending.append(b"".join(parts))
+            return
+        try:
+            n = conn.sock.sendmsg(parts)
+        except BlockingIOError:
+            n = 0
+        total = sum(len(p) for p in parts)
+        if n < total:
+            conn.pending.append(memoryview(b"".join(parts))[n:])
             self.ep.modify(conn.fd, select.EPOLLIN | select.EPOLLOUT)
 
     def _flush(self, conn: Conn) -> None:
-        data = b"".join(conn.pending)
+        pending = conn.pending
+        data = pending[0] if len(pending) == 1 else memoryview(b"".join(pending))
         try:
             n = conn.sock.send(data)
         except BlockingIOError:
@@ -115,17 +150,25 @@ class Loop:
                     self._flush(conn)
                     if ev == EPOLLOUT:
                         continue
-                data = conn.sock.recv(RECV_SIZE)
-                if not data:
-                    raise ConnectionError("server closed a benchmark connection")
                 buf = conn.buf
-                buf += data
-                if len(buf) < conn.need:
+                n = conn.n
+                want = RECV_SIZE if conn.need - n <= RECV_SIZE else BIG_RECV
+                if len(buf) - n < want:
+                    buf.extend(bytes(max(want, len(buf))))
+                k = conn.sock.recv_into(memoryview(buf)[n:], want)
+                if not k:
+                    raise ConnectionError("server closed a benchmark connection")
+                n += k
+                if n < conn.need:
+                    conn.n = n
                     continue
-                pkts, used = split(buf)
+                pkts, used = split(buf, n)
                 handler(conn, buf, pkts)
-                del buf[:used]
-                conn.need = needed(buf)
+                rem = n - used
+                if rem and used:
+                    buf[:rem] = buf[used:n]
+                conn.n = rem
+                conn.need = needed(buf, rem)
 
     def close(self) -> None:
         for conn, _ in self.conns.values():
@@ -183,15 +226,20 @@ class EchoWorkers(Role):
             self.loop.add(Conn(connect(self.port)), self.on_packets)
 
     def on_packets(self, conn: Conn, buf: bytearray, pkts: List[Tuple[int, int, int]]) -> None:
-        out: List[bytes] = []
+        out: List[Any] = []
+        view = None
         for cmd, a, b in pkts:
             if cmd == proto.JOB_ASSIGN:
                 h = buf.index(0, a, b)
                 f = buf.index(0, h + 1, b)
-                handle = bytes(buf[a:h])
-                out.append(proto.work_complete_header(len(handle), b - f - 1))
-                out.append(handle + b"\0")
-                out.append(bytes(buf[f + 1:b]))
+                out.append(proto.work_complete_header(h - a, b - f - 1))
+                out.append(bytes(buf[a:h + 1]))
+                if b - f - 1 > 4096:
+                    if view is None:
+                        view = memoryview(buf)
+                    out.append(view[f + 1:b])
+                else:
+                    out.append(bytes(buf[f + 1:b]))
                 out.append(proto.GRAB)
                 self.jobs += 1
             elif cmd == proto.NO_JOB:
@@ -199,7 +247,10 @@ class EchoWorkers(Role):
             elif cmd == proto.NOOP:
                 out.append(proto.GRAB)
         if out:
-            self.loop.write(conn, b"".join(out))
+            self.loop.writev(conn, out)
+        out.clear()
+        if view is not None:
+            view.release()
 
     def run(self, deadline: float) -> Result:
         go = proto.can_do(self.func) + proto.GRAB
@@ -464,18 +515,25 @@ class RunOutcome:
     """What :func:`run_roles` measured: per-role results, wall time, CPU use."""
 
     def __init__(self, results: List[Result], t_go: float, t_end: float, gen_cpu: float,
-                 server_cpu: float) -> None:
+                 server_cpu: float, machine_cpu: float, machine_wall: float) -> None:
         self.results = results
         self.t_go = t_go
         self.wall = max(t_end - t_go, 1e-9)
         self.gen_cpu = gen_cpu
         self.server_cpu = server_cpu
+        self.machine_cpu = machine_cpu
+        self.machine_wall = max(machine_wall, 1e-9)
 
     def metrics(self) -> Result:
-        """CPU use in cores over the interval, and the generator's share of all CPU used."""
+        """CPU use in cores over the measured interval: generator processes, server process,
+        and the whole machine (which also holds kernel loopback work charged to nobody);
+        ``gen_share`` is the generator's part of the CPU the processes were charged."""
+        if self.wall < 0.25:  # a few clock ticks: the CPU figures would be noise
+            return {}
         total = self.gen_cpu + self.server_cpu
         return {"gen_cpu": self.gen_cpu / self.wall,
                 "server_cpu": self.server_cpu / self.wall,
+                "machine_cpu": self.machine_cpu / self.machine_wall,
                 "gen_share": self.gen_cpu / total if total else 0.0}
 
 
@@ -506,6 +564,7 @@ def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit
             if msg == "error":
                 raise RuntimeError(f"generator setup failed:\n{info}")
         cpu0 = server_cpu()
+        mach0 = cpu_machine()
         t_go = time.monotonic()
         deadline = t_go + time_limit
         for ch in chans:
@@ -518,6 +577,8 @@ def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit
         for i in order:
             if cpu1 is None and not roles[i].primary:
                 cpu1 = server_cpu()
+                mach1 = cpu_machine()
+                t_mach = time.monotonic()
                 stop.set()
             wait = max(limit - time.monotonic(), 0.1)
             if not chans[i].poll(wait):
@@ -528,10 +589,13 @@ def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit
             results[i] = res
         if cpu1 is None:
             cpu1 = server_cpu()
+            mach1 = cpu_machine()
+            t_mach = time.monotonic()
         final = [r if r is not None else {} for r in results]
         t_end = max(r["t_end"] for r, role in zip(final, roles) if role.primary)
         gen_cpu = sum(r.get("cpu", 0.0) for r in final)
-        return RunOutcome(final, t_go, t_end, gen_cpu, cpu1 - cpu0)
+        return RunOutcome(final, t_go, t_end, gen_cpu, cpu1 - cpu0, mach1 - mach0,
+                          t_mach - t_go)
     finally:
         stop.set()
         for p in procs:

@@ -66,12 +66,11 @@ def echo(data: bytes) -> bytes:
     return packet(ECHO_REQ, data=data)
 
 
-def split(buf: bytearray) -> Tuple[List[Tuple[int, int, int]], int]:
-    """Complete packets at the start of ``buf`` as (cmd, payload_start, payload_end) plus the
-    number of bytes they use.  Raises ValueError on a bad magic (stream out of sync)."""
+def split(buf: bytearray, n: int) -> Tuple[List[Tuple[int, int, int]], int]:
+    """Complete packets in ``buf[:n]`` as (cmd, payload_start, payload_end) plus the number
+    of bytes they use.  Raises ValueError on a bad magic (stream out of sync)."""
     out: List[Tuple[int, int, int]] = []
     pos = 0
-    n = len(buf)
     unpack = HEADER.unpack_from
     while n - pos >= HEADER_SIZE:
         magic, cmd, size = unpack(buf, pos)
@@ -85,8 +84,9 @@ def split(buf: bytearray) -> Tuple[List[Tuple[int, int, int]], int]:
     return out, pos
 
 
-def needed(buf: bytearray) -> int:
-    """Total bytes ``buf`` must hold before its first packet is complete (12 if unknown)."""
-    if len(buf) < HEADER_SIZE:
+def needed(buf: bytearray, n: int) -> int:
+    """Bytes ``buf`` must hold before its first packet is complete, given ``n`` valid bytes
+    (12 while the header is incomplete)."""
+    if n < HEADER_SIZE:
         return HEADER_SIZE
     return HEADER_SIZE + HEADER.unpack_from(buf, 0)[2]

@@ -20,7 +20,7 @@ DETAILS = {
     "idle": [("bytes_per_conn", "{} B/conn"), ("open_s", "{} conn/s opened")],
     "mem": [("jobs", "{} jobs")],
     "status": [("p50_ms", "p50 {} ms"), ("probes", "{} probes"),
-               ("load_submits_s", "load {} submits/s")],
+               ("load_jobs_s", "load {} fg jobs/s")],
 }
 
 
@@ -44,7 +44,7 @@ def table(results: List[CellResult], baseline: str) -> str:
     """Markdown table: one row per workload, -t and server."""
     rat = ratios(results, baseline)
     rows = [f"| workload | -t | server | median | ratio to {baseline} | rounds | details | "
-            "generator CPU |",
+            "CPU (cores) |",
             "|---|---:|---|---:|---:|---:|---|---|"]
     order = sorted(results, key=lambda c: (list(WORKLOADS).index(c.workload), c.threads))
     for c in order:
@@ -59,8 +59,8 @@ def table(results: List[CellResult], baseline: str) -> str:
                 c.errors[0][:80].replace("|", "/")
         cpu = ""
         if "gen_cpu" in med:
-            cpu = (f"{med['gen_cpu']:.2f} cores ({med['gen_share'] * 100:.0f}% of CPU used); "
-                   f"server {med['server_cpu']:.2f}")
+            cpu = (f"gen {med['gen_cpu']:.2f} / server {med['server_cpu']:.2f} / "
+                   f"machine {med.get('machine_cpu', 0):.2f} cores")
         rows.append(f"| {c.workload} ({wl.unit}) | {c.threads} | {c.server} | "
                     f"{_fmt(v) if v is not None else 'n/a'} | "
                     f"{f'{r:.2f}x' if r is not None else ''} | {len(c.rounds)} | {details} | "

@@ -12,7 +12,7 @@ import select
 import socket
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 from . import gen, proto
 from .servers import Server
@@ -32,7 +32,7 @@ class Params:
     fg_time: float = 2.0
     bg_conns: int = 2          # connections per generator process
     bg_window: int = 256       # submits in flight per connection
-    bg_jobs: int = 200_000
+    bg_jobs: int = 600_000
     bg_time: float = 2.0
     drain_jobs: int = 100_000
     drain_workers: int = 4
@@ -47,7 +47,7 @@ class Params:
     idle_time: float = 30.0
     mem_jobs: int = 100_000
     mem_time: float = 30.0
-    status_jobs: int = 200_000
+    status_jobs: int = 400_000
     status_time: float = 2.0
     status_interval: float = 0.002
 
@@ -239,14 +239,22 @@ def mem(server: Server, p: Params) -> Metrics:
 
 
 def status(server: Server, p: Params) -> Metrics:
-    """``status`` admin latency while pipelined background submits load the server."""
-    roles: List[gen.Role] = _bg_roles(server, p, b"bench_status", p.status_jobs)
+    """``status`` admin latency (one probe every ``status_interval`` s) while the foreground
+    workload (fg_clients x fg_workers echo jobs) keeps the server busy for ``status_time``.
+    A steady job flow rather than a growing background queue: the load lasts the whole
+    interval with bounded memory on fast and slow servers alike."""
+    func = b"bench_status"
+    payload = b"x" * p.payload
+    roles: List[gen.Role] = [gen.FgClients(server.port, func, n, payload, j)
+                             for n, j in zip(_split(p.fg_clients, p.procs),
+                                             _split(p.status_jobs, p.procs)) if n]
+    roles += [gen.EchoWorkers(server.port, func, n) for n in _split(p.fg_workers, p.procs) if n]
     roles.append(gen.StatusProber(server.port, p.status_interval))
     out = gen.run_roles(roles, server.cpu, p.status_time)
     lat = out.results[-1].get("lat", [])
-    load = sum(r.get("jobs", 0) for r in out.results[:-1])
+    load = sum(r.get("jobs", 0) for r in out.results if "failed" in r)
     m: Metrics = {"p99_ms": percentile(lat, 0.99) * 1e3, "p50_ms": percentile(lat, 0.5) * 1e3,
-                  "probes": len(lat), "load_submits_s": load / out.wall}
+                  "probes": len(lat), "load_jobs_s": load / out.wall}
     m.update(out.metrics())
     return m
 
@@ -273,11 +281,6 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in (
     Workload("mem", mem, "bytes_per_job", "B/job", False, False,
              "RSS per queued 100-byte background job"),
     Workload("status", status, "p99_ms", "ms p99", False, False,
-             "`status` latency under background submit load"),
+             "`status` latency under the foreground load"),
 )}
 
-
-def durable_hint() -> Optional[str]:
-    """Where the durable-queue workload plugs in (see --queue-args)."""
-    return ("pass --queue-args '-q libsqlite3 --libsqlite3-db={tmpdir}/q.db' to run every "
-            "workload against a durable queue")
