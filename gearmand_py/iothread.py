@@ -17,7 +17,7 @@ sockets.
 from __future__ import annotations
 
 import logging
-import selectors
+import select
 import socket
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -45,17 +45,23 @@ _LISTENER = object()
 _MAILBOX = object()
 
 
+EV_READ = select.EPOLLIN
+EV_WRITE = select.EPOLLOUT
+#: Readiness that means "try recv" (errors and hang-ups surface there).
+EV_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLRDHUP
+
+
 class Connection:
-    __slots__ = ("id", "sock", "decoder", "wbuf", "close_after", "events", "paused")
+    __slots__ = ("id", "sock", "fd", "decoder", "wbuf", "close_after", "events")
 
     def __init__(self, conn_id: int, sock: socket.socket, max_packet: int) -> None:
         self.id = conn_id
         self.sock = sock
+        self.fd = sock.fileno()
         self.decoder = Decoder(max_packet)
         self.wbuf = bytearray()
         self.close_after = False
-        self.events = selectors.EVENT_READ
-        self.paused = False
+        self.events = EV_READ
 
 
 class IOLoop:
@@ -74,7 +80,8 @@ class IOLoop:
         self.listeners = list(listeners)
         self.next_conn_id = next_conn_id
         self.mailbox = Mailbox()
-        self.sel = selectors.DefaultSelector()
+        self.epoll = select.epoll()
+        self.by_fd: Dict[int, object] = {}
         self.conns: Dict[int, Connection] = {}
         self.running = False
         self._batch: List[Batch] = []
@@ -92,29 +99,43 @@ class IOLoop:
 
     # ---- the loop --------------------------------------------------------------------
     def run(self) -> None:
-        sel = self.sel
-        sel.register(self.mailbox.fileno(), selectors.EVENT_READ, _MAILBOX)
+        epoll = self.epoll
+        by_fd = self.by_fd
+        self._register(self.mailbox.fileno(), EV_READ, _MAILBOX)
         for lsock in self.listeners:
-            sel.register(lsock, selectors.EVENT_READ, _LISTENER)
+            self._register(lsock.fileno(), EV_READ, lsock)
         self.running = True
         proc = self.processor
-        select = sel.select
+        poll = epoll.poll
         read = self._read
         while self.running:
-            ready = select(proc.timeout() if proc is not None else None)
-            for key, mask in ready:
-                data = key.data
-                if data is _MAILBOX:
+            timeout = proc.timeout() if proc is not None else None
+            for fd, mask in poll(-1 if timeout is None else timeout):
+                data = by_fd.get(fd)
+                if data is None:
+                    continue
+                if data.__class__ is Connection:
+                    if mask & EV_WRITE:
+                        self._flush_pending(data)  # type: ignore[arg-type]
+                    if mask & EV_READABLE:
+                        read(data)  # type: ignore[arg-type]
+                elif data is _MAILBOX:
                     self._mailbox()
-                elif data is _LISTENER:
-                    self._accept(key.fileobj)  # type: ignore[arg-type]
                 else:
-                    if mask & selectors.EVENT_WRITE:
-                        self._flush_pending(data)
-                    if mask & selectors.EVENT_READ:
-                        read(data)
+                    self._accept(data)  # type: ignore[arg-type]
             self._settle()
         self._shutdown()
+
+    def _register(self, fd: int, events: int, data: object) -> None:
+        self.epoll.register(fd, events)
+        self.by_fd[fd] = data
+
+    def unregister(self, fd: int) -> None:
+        if self.by_fd.pop(fd, None) is not None:
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
 
     def _settle(self) -> None:
         """Ship the round's batch, run the inline processor, send replies; repeat while
@@ -170,7 +191,7 @@ class IOLoop:
     def _add(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int]) -> None:
         conn = Connection(conn_id, sock, self.max_packet)
         self.conns[conn_id] = conn
-        self.sel.register(sock, selectors.EVENT_READ, conn)
+        self._register(conn.fd, EV_READ, conn)
         self._batch.append((conn_id, [(CONNECT, False, (sock.fileno(), addr[0], addr[1]))]))
 
     # ---- output ----------------------------------------------------------------------
@@ -240,25 +261,18 @@ class IOLoop:
         want = 0
         pending = len(conn.wbuf)
         if pending:
-            want |= selectors.EVENT_WRITE
+            want |= EV_WRITE
         if pending < PAUSE_READ_AT and not conn.close_after:
-            want |= selectors.EVENT_READ
+            want |= EV_READ
         if want != conn.events:
             conn.events = want
-            if want:
-                self.sel.modify(conn.sock, want, conn)
-            else:
-                self.sel.unregister(conn.sock)
+            self.epoll.modify(conn.fd, want)
 
     # ---- closing ---------------------------------------------------------------------
     def _drop(self, conn: Connection) -> None:
         if self.conns.pop(conn.id, None) is None:
             return
-        if conn.events:
-            try:
-                self.sel.unregister(conn.sock)
-            except (KeyError, ValueError):
-                pass
+        self.unregister(conn.fd)
         try:
             conn.sock.close()
         except OSError:
@@ -272,7 +286,8 @@ class IOLoop:
             except OSError:
                 pass
         self.conns.clear()
-        self.sel.close()
+        self.by_fd.clear()
+        self.epoll.close()
         self.mailbox.close()
 
 

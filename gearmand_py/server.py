@@ -175,10 +175,7 @@ class Server:
         if not self.threads and self.loops:
             loop = self.loops[0]
             for lsock in loop.listeners:
-                try:
-                    loop.sel.unregister(lsock)
-                except (KeyError, ValueError):
-                    pass
+                loop.unregister(lsock.fileno())
             loop.listeners = []
         for lsock in self.sockets:
             try:
