@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .engine import Output
@@ -289,20 +288,3 @@ class IOLoop:
         self.by_fd.clear()
         self.epoll.close()
         self.mailbox.close()
-
-
-class IOThread(threading.Thread):
-    """Runs one IOLoop on thread "io-N"; a crash is reported, never silent."""
-
-    def __init__(self, loop: IOLoop, on_crash: Callable[[BaseException], None]) -> None:
-        super().__init__(name=f"io-{loop.io_id}", daemon=True)
-        self.loop = loop
-        self.on_crash = on_crash
-
-    def run(self) -> None:
-        try:
-            self.loop.run()
-        except BaseException as exc:  # noqa: BLE001 - reported to the supervisor
-            self.on_crash(exc)
-
-

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -25,6 +24,7 @@ from .handlers import HANDLERS, REQUESTS
 from .protocol.codec import PROTOCOL_ERROR, TEXT
 from .protocol.commands import NAMES
 from .state import Conn
+from .threads import ServiceThread
 
 log = logging.getLogger("gearmand")
 
@@ -123,23 +123,16 @@ class Processor:
 STOP = object()
 
 
-class ProcessorThread(threading.Thread):
+class ProcessorThread(ServiceThread):
     """The "proc" thread of ``-t N >= 2``: owns the Processor and drains its inbox."""
 
     def __init__(self, processor: Processor, on_crash: Callable[[BaseException], None]) -> None:
-        super().__init__(name="proc", daemon=True)
+        super().__init__("proc", self._loop, on_crash)
         self.processor = processor
         self.inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        self.on_crash = on_crash
 
     def post(self, item: Any) -> None:
         self.inbox.put(item)
-
-    def run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:  # noqa: BLE001 - reported to the supervisor
-            self.on_crash(exc)
 
     def _loop(self) -> None:
         proc = self.processor

@@ -20,10 +20,11 @@ from typing import Callable, List, Optional, Sequence
 from . import queues
 from .engine import Engine, Output
 from .errors import QueueError
-from .iothread import MSG_ADD, MSG_CALL, MSG_STOP, IOLoop, IOThread
+from .iothread import MSG_ADD, MSG_CALL, MSG_STOP, IOLoop
 from .listener import accept_all
 from .processor import STOP, Batch, Processor, ProcessorThread
 from .settings import Settings
+from .threads import ServiceThread
 from .wakeup import Mailbox
 
 log = logging.getLogger("gearmand")
@@ -83,7 +84,8 @@ class Server:
             for loop in self.loops:
                 loop.post = lambda io_id, batch, _post=post: _post((io_id, batch))
             self.threads.append(self.proc_thread)
-        self.threads.extend(IOThread(loop, self._crashed) for loop in self.loops)
+        self.threads.extend(ServiceThread(f"io-{loop.io_id}", loop.run, self._crashed)
+                            for loop in self.loops)
         for thread in self.threads:
             thread.start()
 
