@@ -68,6 +68,9 @@ class Engine:
         self.wakeup = settings.worker_wakeup
         self.max_retries = settings.job_retries
         self.on_idle: Optional[Callable[[], None]] = None   # graceful-stop hook
+        #: False for the builtin queue: nothing to store, skip building records.
+        self.durable = getattr(backend, "durable", True)
+        self.log_accepted = log.isEnabledFor(NOTICE)
 
     # ---- plumbing -------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -143,53 +146,69 @@ class Engine:
     # ---- submission -----------------------------------------------------------------
     def submit(self, conn: Optional[Conn], name: bytes, unique: bytes, data: bytes,
                priority: int, background: bool, when: int = 0, reducer: bytes = b"") -> Job:
-        """Create (or coalesce into) a job; raises EngineError to refuse it."""
+        """Create (or coalesce into) a job; raises EngineError to refuse it.
+
+        ``conn`` is None for jobs replayed from the persistent queue (already stored).
+        """
         if len(unique) > MAX_UNIQUE or len(reducer) > MAX_UNIQUE:
             raise EngineError(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
-        func = self.function(name)
-        if unique == b"":
+        func = self.functions.get(name)
+        if func is None:
+            func = self.function(name)
+        if not unique:
             key: Optional[bytes] = None
-        elif unique == b"-":
-            key = b"\0" + data if data else None
         else:
-            key = unique
-        if key is not None:
-            job = func.by_unique.get(key)
-            if job is not None:
-                if conn is not None and not background:
-                    self.attach(job, conn)
-                self._log_accepted(job)
-                return job
+            if unique == b"-":
+                key = b"\0" + data if data else None
+            else:
+                key = unique
+            if key is not None:
+                job = func.by_unique.get(key)
+                if job is not None:
+                    if conn is not None and not background:
+                        self.attach(job, conn)
+                    if self.log_accepted:
+                        self._log_accepted(job)
+                    return job
         limit = func.max_queue[priority]
         if limit and func.total >= limit:
             raise EngineError(b"QUEUE_ERROR", b"Job queue is full")
         self.handle_counter += 1
-        handle = self.handle_prefix + str(self.handle_counter).encode()
+        handle = b"%s%d" % (self.handle_prefix, self.handle_counter)
+        self._seq += 1
         job = Job(handle, func, unique, key, data, priority, background, when, reducer,
-                  self.next_seq())
+                  self._seq)
         if background:
-            if conn is not None:   # replayed jobs are already stored
-                if when and not self.backend.supports_epoch:
-                    raise EngineError(b"QUEUE_ERROR", b"QUEUE_ERROR")
-                try:
-                    self.backend.add(StoredJob(unique, name, data, priority, when))
-                    self.backend.flush()
-                except Exception as exc:  # any backend failure refuses the job
-                    log.error("queue add failed for %s: %s", handle.decode(), exc)
-                    raise EngineError(b"QUEUE_ERROR", b"QUEUE_ERROR") from None
+            if conn is not None and self.durable:   # replayed jobs are already stored
+                self._store(job)
             job.persisted = True
         self.jobs[handle] = job
         if key is not None:
             func.by_unique[key] = job
         func.total += 1
         if conn is not None and not background:
-            self.attach(job, conn)
+            job.clients.append(conn)
+            conn.listening[handle] = job
         func.queues[priority].append(job)
         if when and when > time.time():
             self.add_timer(time.monotonic() + (when - time.time()), TIMER_EPOCH, job, 0)
-        self.wake(func)
-        self._log_accepted(job)
+        if func.workers:
+            self.wake(func)
+        if self.log_accepted:
+            self._log_accepted(job)
         return job
+
+    def _store(self, job: Job) -> None:
+        """The durability point: add + flush before JOB_CREATED, or refuse the job."""
+        if job.when and not self.backend.supports_epoch:
+            raise EngineError(b"QUEUE_ERROR", b"QUEUE_ERROR")
+        try:
+            self.backend.add(StoredJob(job.unique, job.function.name, job.data, job.priority,
+                                       job.when))
+            self.backend.flush()
+        except Exception as exc:  # any backend failure refuses the job
+            log.error("queue add failed for %s: %s", job.handle.decode(), exc)
+            raise EngineError(b"QUEUE_ERROR", b"QUEUE_ERROR") from None
 
     def _log_accepted(self, job: Job) -> None:
         if log.isEnabledFor(NOTICE):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, Dict, Tuple
 
 from .engine import MAX_CLIENT_ID, MIN_WORKER_TIMEOUT_MS, Engine, EngineError
+from .protocol.codec import header as _header
 from .protocol.codec import pack
 from .protocol.commands import COMMANDS, Cmd
 from .state import HIGH, LOW, NORMAL, Conn, Job
@@ -47,7 +48,13 @@ def _atoi(text: bytes) -> int:
 
 def _submitter(priority: int, background: bool) -> Handler:
     def handle(engine: Engine, conn: Conn, args: Args) -> None:
-        _submit(engine, conn, args[0], args[1], args[2], priority, background, 0, b"")
+        try:
+            job = engine.submit(conn, args[0], args[1], args[2], priority, background)
+        except EngineError as exc:
+            engine.error(conn, exc.code, exc.text)
+            return
+        handle = job.handle
+        engine.send(conn, _header(Cmd.JOB_CREATED, len(handle)) + handle)
     return handle
 
 

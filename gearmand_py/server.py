@@ -10,6 +10,7 @@ called from signal handlers: it only enqueues fn for the main thread.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import selectors
@@ -31,6 +32,10 @@ log = logging.getLogger("gearmand")
 
 #: How long stop() waits for each thread to finish.
 JOIN_TIMEOUT = 5.0
+#: Cyclic-GC thresholds.  The engine frees jobs by reference counting; with CPython's
+#: default (700, 10, 10) the collector re-scans every queued job over and over, which cost
+#: ~40% of background-submit throughput with 100k jobs queued (tests/bench: docs/performance.md).
+GC_THRESHOLDS = (50_000, 50, 100)
 
 
 class Server:
@@ -60,6 +65,9 @@ class Server:
                              f" ({exc})") from None
         engine = self.engine = Engine(settings, backend)
         self._replay(engine)
+        gc.collect()
+        gc.freeze()                      # start-up objects are never garbage
+        gc.set_threshold(*GC_THRESHOLDS)
         threads = max(settings.threads, 0)
         max_packet = settings.max_packet_size
         if threads == 0:

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "table")
     p.add_argument("--plot", metavar="FILE.png", default=None,
                    help="draw throughput against -t per server (needs matplotlib)")
+    p.add_argument("--from-json", metavar="FILE", default=None,
+                   help="do not run anything: re-render the table (or --plot) from a saved "
+                        "--json output")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell")
     return p
@@ -120,8 +123,28 @@ def _on_term(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
 
+def rerender(args: argparse.Namespace) -> None:
+    """``--from-json``: table or plot from a saved run."""
+    import json
+
+    with open(args.from_json, encoding="utf-8") as f:
+        doc = json.load(f)
+    results = [runner.CellResult(c["workload"], c["server"], c["threads"], c["rounds"],
+                                 c["errors"]) for c in doc["results"]]
+    baseline = args.baseline or doc["baseline"]
+    if args.json:
+        print(report.to_json(results, baseline, doc["meta"]))
+    else:
+        print(report.table(results, baseline))
+    if args.plot:
+        report.plot(results, args.plot)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.from_json:
+        rerender(args)
+        return
     params = make_params(args)
     threads = args.threads or _int_list(QUICK_THREADS if args.quick else DEFAULT_THREADS)
     other_threads = args.server_threads or threads

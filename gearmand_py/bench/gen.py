@@ -144,7 +144,7 @@ class Loop:
             wait = deadline - time.monotonic()
             if wait <= 0:
                 return
-            for fd, ev in poll(min(wait, 0.5)):
+            for fd, ev in poll(min(wait, 0.05)):
                 conn, handler = conns[fd]
                 if ev & EPOLLOUT:
                     self._flush(conn)

@@ -58,52 +58,65 @@ def split_text(line: bytes) -> Tuple[bytes, ...]:
 
 
 class Decoder:
-    """Incremental request parser for one connection."""
+    """Incremental request parser for one connection.
 
-    __slots__ = ("_buf", "_need", "max_packet", "failed")
+    Incomplete input waits as a list of chunks and is joined only once the known size of
+    the pending request has arrived, so a large payload is copied once, not per read.
+    """
+
+    __slots__ = ("_chunks", "_have", "_need", "max_packet", "failed")
 
     def __init__(self, max_packet: int) -> None:
-        self._buf = bytearray()
-        self._need = 0           # bytes the buffer must hold before parsing can progress
+        self._chunks: List[bytes] = []   # unparsed input
+        self._have = 0                   # bytes in _chunks
+        self._need = 0                   # total bytes needed before parsing can progress
         self.max_packet = max_packet
         self.failed = False
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._have
 
     def feed(self, data: bytes) -> List[Event]:
         """Add bytes; return the complete requests now available (maybe none)."""
         if self.failed:
             return []
-        buf = self._buf
-        buf += data
-        if len(buf) < self._need:
-            return []
-        self._need = 0
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            buf = b"".join(self._chunks)
+            self._chunks = []
+            self._have = 0
+        else:
+            buf = data
         events: List[Event] = []
         append = events.append
         pos = 0
         end = len(buf)
+        need = 0
         while pos < end:
             if buf[pos] != 0:
                 nl = buf.find(b"\n", pos, pos + MAX_TEXT_LINE + 1)
                 if nl < 0:
                     if end - pos > MAX_TEXT_LINE:
                         append(self._fail(b"text line longer than 8192 bytes"))
+                        return events
+                    need = end - pos + 1
                     break
-                line = bytes(buf[pos:nl])
+                line = buf[pos:nl]
                 pos = nl + 1
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 tokens = split_text(line)
                 if len(tokens) > MAX_TEXT_TOKENS:
                     append(self._fail(b"too many arguments for command(GEARMAN_TEXT)"))
-                    break
+                    return events
                 append((TEXT, True, tokens))
                 continue
             if end - pos < HEADER_SIZE:
-                self._need = HEADER_SIZE - (end - pos)
+                need = HEADER_SIZE
                 break
             magic, cmd, size = _UNPACK_HEADER(buf, pos)
             if magic == REQ_MAGIC:
@@ -112,38 +125,42 @@ class Decoder:
                 is_req = False
             else:
                 append(self._fail(b"invalid magic"))
-                break
+                return events
             if cmd == 0 or cmd > MAX_COMMAND:
                 append(self._fail(b"invalid command %d" % cmd))
-                break
+                return events
             if size > self.max_packet:
                 append(self._fail(b"packet of %d bytes exceeds the maximum of %d"
                                   % (size, self.max_packet)))
-                break
+                return events
             start = pos + HEADER_SIZE
             stop = start + size
             if stop > end:
-                self._need = stop - end
+                need = HEADER_SIZE + size
                 break
             parts, maxsplit = _SPLIT[cmd]
             if parts == 0:
                 args: Tuple[bytes, ...] = ()
             elif maxsplit == 0:
-                args = (bytes(buf[start:stop]),)
+                args = (buf[start:stop],)
             else:
-                args = tuple(bytes(buf[start:stop]).split(b"\0", maxsplit))
+                args = tuple(buf[start:stop].split(b"\0", maxsplit))
                 if len(args) != parts:
                     append(self._fail(b"command %d needs %d arguments" % (cmd, parts)))
-                    break
+                    return events
             append((cmd, is_req, args))
             pos = stop
-        if pos:
-            del buf[:pos]
+        if pos < end:
+            rest = buf[pos:] if pos else buf
+            self._chunks = [rest]
+            self._have = len(rest)
+            self._need = need
         return events
 
     def _fail(self, message: bytes) -> Event:
         self.failed = True
-        self._buf = bytearray()
+        self._chunks = []
+        self._have = 0
         return (PROTOCOL_ERROR, False, (message,))
 
 

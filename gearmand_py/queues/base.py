@@ -23,6 +23,8 @@ class StoredJob(NamedTuple):
 class QueueBackend(Protocol):
     #: False for modules that cannot store epoch (when > 0) jobs (redis, libmemcached).
     supports_epoch: bool
+    #: False only for the in-memory builtin queue (the engine then skips add/done).
+    durable: bool
 
     def open(self) -> None: ...
 

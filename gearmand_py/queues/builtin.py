@@ -10,6 +10,7 @@ from .base import StoredJob
 
 class BuiltinQueue:
     supports_epoch = True
+    durable = False
 
     def open(self) -> None:
         pass
