@@ -1,12 +1,35 @@
-"""Frozen server settings (built by cli.py from the option table; read by every thread)."""
+"""The option table, gearmand's (boost::program_options) parser, and the frozen Settings.
+
+One table (``OPTIONS``) drives the command line, the config file, ``--help``, the click
+command (cli.py) and the man page (man/gen_manpage.py).  Parsing reproduces gearmand
+1.1.20's messages (reference §1.1); ``build_settings`` validates and produces the frozen
+``Settings`` that every thread reads.  Runs on the main thread at start-up only.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+import os
+import pwd
+import re
+import socket
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .errors import ConfigError
+from .log import LEVEL_NAMES, raise_verbosity
 
 #: Largest packet payload accepted from a peer (bytes). Checked before buffering.
 DEFAULT_MAX_PACKET_SIZE = 64 * 1024 * 1024
+DEFAULT_CONFIG_FILE = "/etc/gearmand.conf"
+DEFAULT_LOG_FILE = "/var/log/gearmand.log"
+DEFAULT_PID_FILE = "/var/gearmand.pid"
+DEFAULT_PORT = "4730"
+#: More I/O threads than this is a typo (gearmand would wrap -t -1 to 4294967295).
+MAX_THREADS = 1024
+#: A job handle prefix this long makes gearmand refuse to start.
+MAX_HANDLE_PREFIX = 63
+PROTOCOLS = ("http",)
+PORT_ENV = "GEARMAND_PORT"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +59,516 @@ class Settings:
     # queue-module options, keyed by long option name without dashes prefix, e.g.
     # ("libsqlite3-db", "/tmp/q.db"); modules look up what they need.
     queue_options: Tuple[Tuple[str, str], ...] = ()
+    # ---- process-level options (used by app.py / daemon.py only) ----
+    daemon: bool = False
+    pid_file: Optional[str] = None        # None = none written
+    pid_file_is_default: bool = False     # gearmand ignores failures on its default path
+    user: Optional[str] = None
+    file_descriptors: int = 0             # 0 = leave RLIMIT_NOFILE alone
+    coredump: bool = False
+    ssl: bool = False                     # accepted, no effect (like Debian's build)
+    ssl_ca_file: str = "/etc/ssl/certs/gearmand-ca.pem"
+    ssl_certificate: str = "/etc/ssl/certs/gearmand.pem"
+    ssl_key: str = "/etc/ssl/certs/gearmand.key"
+    config_file: str = DEFAULT_CONFIG_FILE
 
     def queue_option(self, name: str, default: Optional[str] = None) -> Optional[str]:
         for key, value in self.queue_options:
             if key == name:
                 return value
         return default
+
+
+# ---- the option table ------------------------------------------------------------------
+
+#: Value kinds: parse a token into a value, or raise ValueError (-> "is invalid").
+SWITCH = "switch"
+
+
+def _unsigned(bits: int) -> Callable[[str], int]:
+    """boost lexical_cast<unsigned>: optional sign, digits; negatives wrap modulo 2**bits."""
+    limit = 1 << bits
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise ValueError(text)
+        value = int(text)
+        if abs(value) >= limit:
+            raise ValueError(text)
+        return value % limit
+    return parse
+
+
+def _signed(bits: int) -> Callable[[str], int]:
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise ValueError(text)
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(text)
+        return value
+    return parse
+
+
+def _string(text: str) -> str:
+    return text
+
+
+VALUE_PARSERS: Dict[str, Callable[[str], object]] = {
+    "str": _string,
+    "u32": _unsigned(32),
+    "u16": _unsigned(16),
+    "i32": _signed(32),
+}
+#: Human names of the kinds (help and man page).
+KIND_NAMES = {"str": "arg", "u32": "arg", "u16": "arg", "i32": "arg"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str                       # long name, no dashes
+    short: Optional[str]            # one letter or None
+    kind: str                       # SWITCH or a key of VALUE_PARSERS
+    default: object                 # None = no default
+    help: str
+    section: str
+    field: Optional[str] = None     # Settings field; None for queue options / actions
+    show_default: bool = True       # boost prints "arg (=X)"
+    file_ok: bool = True            # accepted inside a config file
+    extension: bool = False         # not in gearmand 1.1.20 (documented as ours)
+    queue: bool = False             # a queue module option (goes to Settings.queue_options)
+    multi: bool = False             # may repeat (values collected); -L is not: gearmand refuses
+
+    @property
+    def takes_value(self) -> bool:
+        return self.kind != SWITCH
+
+
+GENERAL = "General options"
+#: Sections in gearmand's --help order (reference §1.4), then the modules Debian lacks.
+SECTIONS = [GENERAL, "HTTP", "Gear", "builtin", "libmemcached", "libsqlite3", "Postgres",
+            "redis", "MySQL", "libdrizzle", "libtokyocabinet"]
+
+
+def _o(name: str, short: Optional[str], kind: str, default: object, help: str,
+       section: str = GENERAL, **kw: object) -> Option:
+    field = kw.pop("field", name.replace("-", "_"))
+    return Option(name, short, kind, default, help, section, field, **kw)  # type: ignore[arg-type]
+
+
+def _q(name: str, kind: str, default: object, help: str, section: str,
+       **kw: object) -> Option:
+    return Option(name, None, kind, default, help, section, None, queue=True,
+                  **kw)  # type: ignore[arg-type]
+
+
+KEEPALIVE_HELP = ("If keepalive is enabled, set the value for {} for systems that support it. "
+                  "A value of -1 means that either the system does not support it or an error "
+                  "occurred when trying to retrieve the default value.")
+
+OPTIONS: List[Option] = [
+    _o("backlog", "b", "i32", 32, "Number of backlog connections for listen."),
+    _o("check-args", None, SWITCH, None,
+       "Check command line and configuration file arguments, then exit: status 0 when "
+       "everything is valid (queue and protocol names included), 1 otherwise. Nothing is "
+       "printed on success.", field=None, file_ok=False),
+    _o("daemon", "d", SWITCH, None, "Daemon, detach and run in the background."),
+    _o("exceptions", None, SWITCH, None, "Enable protocol exceptions by default."),
+    _o("file-descriptors", "f", "u32", None,
+       "Number of file descriptors to allow for the process (total connections will be "
+       "slightly less). Default is max allowed for user."),
+    _o("help", "h", SWITCH, None, "Print this help menu.", field=None),
+    _o("job-retries", "j", "u32", 0,
+       "Number of attempts to run the job before the job server removes it. This is helpful "
+       "to ensure a bad job does not crash all available workers. Default is no limit."),
+    _o("job-handle-prefix", None, "str", None,
+       "Prefix used to generate a job handle string. If not provided, the default "
+       "\"H:<host_name>\" is used."),
+    _o("hashtable-buckets", None, "u32", 991,
+       "Number of buckets in the internal job hash tables. The default of 991 works well for "
+       "about three million jobs in queue. If the number of jobs in the queue at any time "
+       "will exceed three million, use proportionally larger values (991 * # of jobs / 3M). "
+       "For example, to accommodate 2^32 jobs, use 1733003. This will consume ~26MB of extra "
+       "memory. Gearmand cannot support more than 2^32 jobs in queue at this time."),
+    _o("keepalive", None, SWITCH, None, "Enable keepalive on sockets."),
+    _o("keepalive-idle", None, "i32", -1, KEEPALIVE_HELP.format("TCP_KEEPIDLE")),
+    _o("keepalive-interval", None, "i32", -1, KEEPALIVE_HELP.format("TCP_KEEPINTVL")),
+    _o("keepalive-count", None, "i32", -1, KEEPALIVE_HELP.format("TCP_KEEPCNT")),
+    _o("log-file", "l", "str", DEFAULT_LOG_FILE,
+       "Log file to write errors and information to. If the log-file parameter is specified "
+       "as 'stderr', then output will go to stderr. If 'none', then no logfile will be "
+       "generated."),
+    _o("listen", "L", "str", None,
+       "Address the server should listen on. Default is INADDR_ANY. Every address the name "
+       "resolves to is bound (IPv6 included)."),
+    _o("max-packet-size", None, "u32", DEFAULT_MAX_PACKET_SIZE,
+       "Largest packet payload accepted from a peer, in bytes; a bigger packet closes that "
+       "connection. (gearmand-py extension)", extension=True),
+    _o("pid-file", "P", "str", DEFAULT_PID_FILE, "File to write process ID out to."),
+    _o("protocol", "r", "str", None, "Load protocol module (only 'http')."),
+    _o("round-robin", "R", SWITCH, None,
+       "Assign work in round-robin order per worker connection. The default is to assign "
+       "work in the order of functions added by the worker."),
+    _o("queue-type", "q", "str", "builtin",
+       "Persistent queue type to use: builtin, libsqlite3, postgres (or libpq), mysql, "
+       "libdrizzle, libmemcached, libtokyocabinet, redis."),
+    _o("config-file", None, "str", DEFAULT_CONFIG_FILE, "Can be specified with '@name', too",
+       file_ok=True),
+    _o("syslog", None, SWITCH, None, "Use syslog."),
+    _o("coredump", None, SWITCH, None,
+       "Whether to create a core dump for uncaught signals."),
+    _o("threads", "t", "u32", 4,
+       "Number of I/O threads to use. 0 means a single thread that accepts, does I/O and "
+       "processes jobs. Default=4."),
+    _o("user", "u", "str", None, "Switch to given user after startup."),
+    _o("verbose", "v", "str", "ERROR",
+       "Set verbose level (FATAL, ALERT, CRITICAL, ERROR, WARNING, NOTICE, INFO, DEBUG). "
+       "A bare -v raises the level by one from ERROR per 'v' (-vv = NOTICE, -vvv = INFO)."),
+    _o("version", "V", SWITCH, None, "Display the version of gearmand and exit.", field=None),
+    _o("worker-wakeup", "w", "u32", 0,
+       "Number of workers to wakeup for each job received. The default is to wakeup all "
+       "available workers."),
+    # HTTP
+    _o("http-port", None, "str", "8080", "Port to listen on.", section="HTTP"),
+    # Gear
+    _o("port", "p", "str", DEFAULT_PORT,
+       "Port the server should listen on. The environment variable GEARMAND_PORT replaces "
+       "the default 4730.", section="Gear"),
+    _o("ssl", None, SWITCH, None, "Enable ssl connections. (Accepted; no effect in this "
+       "build, as in Debian's gearmand.)", section="Gear"),
+    _o("ssl-ca-file", None, "str", None, "CA file. (no effect)", section="Gear"),
+    _o("ssl-certificate", None, "str", None, "SSL certificate. (no effect)", section="Gear"),
+    _o("ssl-key", None, "str", None, "SSL key for certificate. (no effect)", section="Gear"),
+    # queue modules
+    _q("libmemcached-servers", "str", None, "List of Memcached servers to use.",
+       "libmemcached"),
+    _q("libmemcached-prefix", "str", "gear_", "Prefix to use in memcached keys",
+       "libmemcached"),
+    _q("libsqlite3-db", "str", None, "Database file to use.", "libsqlite3"),
+    _o("store-queue-on-shutdown", None, SWITCH, None, "Store queue on shutdown.",
+       section="libsqlite3"),
+    _q("libsqlite3-table", "str", "gearman_queue", "Table to use.", "libsqlite3"),
+    _q("libpq-conninfo", "str", None, "PostgreSQL connection information string.",
+       "Postgres"),
+    _q("libpq-table", "str", "queue", "Table to use.", "Postgres"),
+    _q("redis-server", "str", "127.0.0.1", "Redis server", "redis", show_default=False),
+    _q("redis-port", "str", "6379", "Redis server port/service", "redis", show_default=False),
+    _q("redis-password", "str", None, "Redis server password/service", "redis"),
+    _q("redis-prefix", "str", "_gear_", "Prefix to use in redis keys", "redis",
+       show_default=False),
+    _q("mysql-host", "str", "localhost", "MySQL host.", "MySQL"),
+    _q("mysql-port", "u16", 3306, "Port of server. (by default 3306)", "MySQL"),
+    _q("mysql-user", "str", None, "MySQL user.", "MySQL"),
+    _q("mysql-password", "str", None, "MySQL user password.", "MySQL"),
+    _q("mysql-db", "str", None, "MySQL database.", "MySQL"),
+    _q("mysql-table", "str", "gearman_queue", "MySQL table name.", "MySQL"),
+    _q("libdrizzle-host", "str", None, "Host of server.", "libdrizzle"),
+    _q("libdrizzle-port", "u16", 3306, "Port of server.", "libdrizzle"),
+    _q("libdrizzle-uds", "str", None, "Unix domain socket for server.", "libdrizzle"),
+    _q("libdrizzle-user", "str", "root", "User name for authentication.", "libdrizzle"),
+    _q("libdrizzle-password", "str", None, "Password for authentication.", "libdrizzle"),
+    _q("libdrizzle-db", "str", "gearman", "Database to use.", "libdrizzle"),
+    _q("libdrizzle-table", "str", "queue", "Table to use.", "libdrizzle"),
+    _q("libdrizzle-mysql", SWITCH, None, "Use MySQL protocol (accepted; does nothing, as in "
+       "gearmand).", "libdrizzle"),
+    _q("libtokyocabinet-file", "str", None, "File name of the database. [see: man tcadb, "
+       "tcadbopen() for name guidelines]", "libtokyocabinet"),
+    _q("libtokyocabinet-optimize", SWITCH, None, "Optimize database on open. [default=true]",
+       "libtokyocabinet"),
+]
+
+BY_LONG: Dict[str, Option] = {o.name: o for o in OPTIONS}
+BY_SHORT: Dict[str, Option] = {o.short: o for o in OPTIONS if o.short}
+
+
+# ---- parsing ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Parsed:
+    """Raw option values from one source (command line or config file)."""
+
+    values: Dict[str, object] = dataclasses.field(default_factory=dict)
+    verbose_steps: int = 0          # bare -v count
+
+    def set(self, opt: Option, value: object) -> None:
+        if opt.name in self.values:
+            raise ConfigError(f"option '--{opt.name}' cannot be specified more than once")
+        self.values[opt.name] = value
+
+
+def _convert(opt: Option, text: str) -> object:
+    try:
+        return VALUE_PARSERS[opt.kind](text)
+    except ValueError:
+        raise ConfigError(f"the argument ('{text}') for option '--{opt.name}' is invalid") \
+            from None
+
+
+def _missing(opt: Option) -> ConfigError:
+    return ConfigError(f"the required argument for option '--{opt.name}' is missing")
+
+
+def _unrecognised(token: str) -> ConfigError:
+    return ConfigError(f"unrecognised option '{token}'")
+
+
+def parse_tokens(tokens: Sequence[str], in_file: bool = False) -> Parsed:
+    """Parse argv-style tokens like boost::program_options (no abbreviations).
+
+    In a config file (``in_file``), words that do not start with '-' are ignored and
+    command-line-only options (--check-args) are unrecognised, as in gearmand.  On the
+    command line, ``@file`` names a config file (the seed's extension).
+    """
+    out = Parsed()
+    i = 0
+    n = len(tokens)
+    positional_only = False
+    while i < n:
+        tok = tokens[i]
+        i += 1
+        if positional_only or not tok.startswith("-") or tok == "-":
+            if in_file:
+                continue
+            if tok.startswith("@") and len(tok) > 1 and not positional_only:
+                out.set(BY_LONG["config-file"], tok[1:])
+                continue
+            raise _unrecognised(tok)
+        if tok == "--":
+            positional_only = True
+            continue
+        if tok.startswith("--"):
+            name, eq, text = tok[2:].partition("=")
+            opt = BY_LONG.get(name)
+            if opt is None or (in_file and not opt.file_ok):
+                raise _unrecognised(tok)
+            if not opt.takes_value:
+                if eq:
+                    raise ConfigError(f"option '--{opt.name}' does not take any arguments")
+                out.set(opt, True)
+                continue
+            if eq:
+                if text == "":
+                    raise ConfigError(f"the argument for option '--{opt.name}' should follow "
+                                      "immediately after the equal sign")
+            else:
+                if i >= n:
+                    raise _missing(opt)
+                text = tokens[i]
+                i += 1
+            _store(out, opt, text)
+            continue
+        # short option cluster: switches, then at most one valued option taking the rest
+        cluster = tok[1:]
+        j = 0
+        while j < len(cluster):
+            opt = BY_SHORT.get(cluster[j])
+            if opt is None or (in_file and not opt.file_ok):
+                raise _unrecognised(tok)
+            rest = cluster[j + 1:]
+            if opt.name == "verbose":
+                i = _short_verbose(out, rest, tokens, i)
+                break
+            if not opt.takes_value:
+                out.set(opt, True)
+                j += 1
+                continue
+            if rest:
+                text = rest
+            else:
+                if i >= n:
+                    raise _missing(opt)
+                text = tokens[i]
+                i += 1
+            _store(out, opt, text)
+            break
+    return out
+
+
+def _short_verbose(out: Parsed, rest: str, tokens: Sequence[str], i: int) -> int:
+    """``-v LEVEL``/``-vLEVEL`` set the level; bare ``-v``/``-vv``… count steps up."""
+    opt = BY_LONG["verbose"]
+    if rest and set(rest) == {"v"}:
+        out.verbose_steps += 1 + len(rest)
+    elif rest:
+        out.set(opt, rest)
+    elif i < len(tokens) and tokens[i] in LEVEL_NAMES:
+        out.set(opt, tokens[i])
+        i += 1
+    else:
+        out.verbose_steps += 1
+    if out.verbose_steps and "verbose" in out.values:
+        raise ConfigError("option '--verbose' cannot be specified more than once")
+    return i
+
+
+def _store(out: Parsed, opt: Option, text: str) -> None:
+    if opt.name == "verbose" and out.verbose_steps:
+        raise ConfigError("option '--verbose' cannot be specified more than once")
+    out.set(opt, _convert(opt, text))
+
+
+def split_config(data: bytes) -> List[str]:
+    """gearmand's config file tokeniser: split on space, LF and CR only (not tabs)."""
+    text = data.decode("utf-8", "surrogateescape")
+    return [t for t in re.split(r"[ \n\r]+", text) if t]
+
+
+@dataclasses.dataclass
+class Options:
+    """Merged option values (defaults < config file < command line) and the actions."""
+
+    values: Dict[str, object]
+    explicit: Dict[str, object]       # given on the command line or in the file
+    check_args: bool = False
+    help: bool = False
+    version: bool = False
+    warnings: List[str] = dataclasses.field(default_factory=list)
+
+    def get(self, name: str) -> object:
+        return self.values.get(name)
+
+
+def parse(argv: Sequence[str]) -> Options:
+    """Command line, then the config file; then the --verbose/--hashtable-buckets checks.
+
+    Raises ConfigError with gearmand's message on any error.
+    """
+    cmd = parse_tokens(argv)
+    config_path = cmd.values.get("config-file")
+    file_values = Parsed()
+    path = str(config_path) if config_path is not None else DEFAULT_CONFIG_FILE
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        if config_path is not None:
+            raise ConfigError("Could not open configuration file.") from None
+    else:
+        file_values = parse_tokens(split_config(data), in_file=True)
+        file_values.values.pop("config-file", None)   # no nesting, like gearmand
+    explicit: Dict[str, object] = dict(file_values.values)
+    explicit.update(cmd.values)
+    values = {o.name: o.default for o in OPTIONS}
+    values.update(explicit)
+    steps = cmd.verbose_steps if "verbose" not in cmd.values else 0
+    if steps == 0 and "verbose" not in cmd.values and file_values.verbose_steps:
+        steps = file_values.verbose_steps
+    if steps:
+        values["verbose"] = raise_verbosity("ERROR", steps)
+        explicit["verbose"] = values["verbose"]
+    if values["verbose"] not in LEVEL_NAMES:
+        raise ConfigError("Invalid value for --verbose supplied")
+    if values["hashtable-buckets"] == 0:
+        raise ConfigError("hashtable-buckets has to be greater than 0")
+    return Options(values=values, explicit=explicit,
+                   check_args=bool(cmd.values.get("check-args")),
+                   help=bool(explicit.get("help")), version=bool(explicit.get("version")))
+
+
+# ---- validation -> Settings --------------------------------------------------------------
+
+def canonical_queue(name: str) -> str:
+    """Validate a -q name (case-insensitive); returns it lower-cased."""
+    from .queues import REGISTRY   # the lead's registry of lazily imported modules
+    lowered = name.lower()
+    if lowered not in REGISTRY:
+        raise ConfigError(f"Error while initializing the queue : {name}")
+    return lowered
+
+
+def _check_port(text: str, option: str) -> str:
+    if text == "":
+        try:
+            return str(socket.getservbyname("gearman", "tcp"))
+        except OSError:
+            return DEFAULT_PORT
+    if re.fullmatch(r"[0-9]+", text):
+        if int(text) > 65535:
+            raise ConfigError(f"the argument ('{text}') for option '--{option}' is invalid")
+        return text
+    try:
+        socket.getservbyname(text, "tcp")
+    except OSError:
+        raise ConfigError(f"the argument ('{text}') for option '--{option}' is invalid") \
+            from None
+    return text
+
+
+#: Options a queue module cannot start without: -q name -> (option, gearmand's message).
+REQUIRED_QUEUE_OPTIONS: Dict[str, Tuple[str, str]] = {
+    "libsqlite3": ("libsqlite3-db", "missing required --libsqlite3-db=<dbfile> argument"),
+}
+
+
+def _env_port(port: str, env: Dict[str, str], warnings: List[str]) -> str:
+    """GEARMAND_PORT replaces the port when -p is 4730 (default or explicit), like gearmand.
+
+    A ``tcp://host:port`` value (what Kubernetes injects for a service named gearmand) is
+    ignored with a warning.
+    """
+    value = env.get(PORT_ENV, "")
+    if port != DEFAULT_PORT or not value:
+        return port
+    if "://" in value:
+        warnings.append(f"ignoring {PORT_ENV}={value!r}: not a port number or service name")
+        return port
+    return value
+
+
+def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Settings:
+    """Validate every value and build the frozen Settings (raises ConfigError)."""
+    v = opts.values
+    env = dict(os.environ) if env is None else env
+    port = _check_port(_env_port(str(v["port"]), env, opts.warnings), "port")
+    threads = int(v["threads"])  # type: ignore[call-overload]
+    if threads > MAX_THREADS:
+        raise ConfigError(f"the argument ('{threads}') for option '--threads' is invalid")
+    prefix = v["job-handle-prefix"]
+    if prefix is not None and len(str(prefix).encode()) > MAX_HANDLE_PREFIX:
+        raise ConfigError("Could not create gearmand library instance. "
+                          f"(--job-handle-prefix is longer than {MAX_HANDLE_PREFIX} bytes)")
+    protocol = v["protocol"]
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ConfigError(f"Unknown protocol module : {protocol}")
+    http_port = _check_port(str(v["http-port"]), "http-port")
+    queue_type = canonical_queue(str(v["queue-type"]))
+    required = REQUIRED_QUEUE_OPTIONS.get(queue_type)
+    if required and not v.get(required[0]):
+        raise ConfigError(required[1])
+    if int(v["max-packet-size"]) <= 0:  # type: ignore[call-overload]
+        raise ConfigError(f"the argument ('{v['max-packet-size']}') for option "
+                          "'--max-packet-size' is invalid")
+    user = v["user"]
+    if user is not None:
+        try:
+            pwd.getpwnam(str(user))
+        except KeyError:
+            raise ConfigError(f"Could not find user : {user}") from None
+    log_file = str(v["log-file"])
+    pid_file = v["pid-file"]
+    queue_options = tuple((o.name, str(v[o.name])) for o in OPTIONS
+                          if o.queue and v.get(o.name) is not None)
+    fields: Dict[str, object] = {}
+    for o in OPTIONS:
+        if o.field and o.field in SETTINGS_FIELDS and v.get(o.name) is not None:
+            fields[o.field] = v[o.name]
+    fields.update(
+        port=port, http_port=http_port, threads=threads, queue_type=queue_type,
+        listen=(str(v["listen"]),) if v["listen"] is not None else (),
+        job_retries=int(v["job-retries"]) & 0xFF,  # type: ignore[call-overload]
+        worker_wakeup=int(v["worker-wakeup"]) & 0xFF,  # type: ignore[call-overload]
+        log_file=log_file, pid_file=str(pid_file) if pid_file else None,
+        pid_file_is_default="pid-file" not in opts.explicit,
+        daemon=bool(v["daemon"]), round_robin=bool(v["round-robin"]),
+        exceptions=bool(v["exceptions"]), syslog=bool(v["syslog"]),
+        keepalive=bool(v["keepalive"]), coredump=bool(v["coredump"]), ssl=bool(v["ssl"]),
+        store_queue_on_shutdown=bool(v["store-queue-on-shutdown"]),
+        file_descriptors=int(v["file-descriptors"] or 0),  # type: ignore[call-overload]
+        queue_options=queue_options,
+    )
+    return Settings(**fields)  # type: ignore[arg-type]
+
+
+SETTINGS_FIELDS = {f.name for f in dataclasses.fields(Settings)}
