@@ -1,0 +1,139 @@
+"""The supervisor: takes validated Settings to a running server and back to an exit code.
+
+Runs on the main thread (renamed "main", gearmand's ``[  main ]`` tag).  Start-up order::
+
+    -f (RLIMIT_NOFILE) -> -u checks (root? user exists?) -> logging (-l, --syslog)
+    -> bind (-L/-p) -> -u privilege drop -> -d daemonise -> pid file (-P)
+    -> signal handlers -> Server.start() (queue open + replay, threads) -> "ready"
+    -> Server.run() -> pid file removed -> exit code
+
+Deviations from gearmand, on purpose: the log file is opened before binding, because the
+listener logs each "Listening on" line and the operator must see a log-file fallback
+message before the process detaches; it is handed to the -u user with fchown so SIGHUP can
+reopen it.  The privilege drop comes after binding (gearmand drops first and so cannot use
+a port below 1024 with -u).  The daemon's launcher exits only when the server is ready.
+
+Signal handlers never do work: each posts a function to the main loop (Server.post).
+SIGTERM/SIGINT stop at once, SIGUSR1 stops gracefully, SIGHUP reopens the log file.
+A signal that arrives before Server.start() has finished is held and posted after it.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import functools
+import logging
+import os
+import signal
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from . import daemon as proc
+from . import log as logsetup
+from .errors import ConfigError, GearmandError
+from .settings import Settings
+
+log = logging.getLogger("gearmand")
+
+
+class SignalRouter:
+    """Signal number -> action; handlers only post the action to the main loop."""
+
+    def __init__(self) -> None:
+        self.post: Optional[Callable[[Callable[[], None]], None]] = None
+        self.pending: List[Callable[[], None]] = []
+        self.actions: Dict[int, Callable[[], None]] = {}
+
+    def install(self, actions: Dict[int, Callable[[], None]]) -> None:
+        self.actions = actions
+        for signum in actions:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        action = self.actions[signum]
+        if self.post is None:
+            self.pending.append(action)
+        else:
+            self.post(action)
+
+    def attach(self, post: Callable[[Callable[[], None]], None]) -> None:
+        """The server can take posts now: deliver what arrived during start-up."""
+        self.post = post
+        pending, self.pending = self.pending, []
+        for action in pending:
+            post(action)
+
+
+def _load_core() -> Any:
+    try:
+        from . import listener, server
+    except ImportError as exc:
+        raise ConfigError(f"the server core could not be loaded: {exc}") from None
+    return listener, server
+
+
+def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
+    """Start the server described by ``settings``; return the process exit code.
+
+    Start-up errors raise GearmandError (cli prints ``<argv0>: <message>``, exit 1).
+    """
+    logsetup.rename_main_thread()
+    proc.set_fd_limit(settings.file_descriptors)
+    user = proc.lookup_user(settings.user) if settings.user else None
+    listener, server_mod = _load_core()
+    logs = logsetup.configure(settings.log_file, settings.verbose, settings.syslog)
+    for warning in warnings:
+        log.warning("%s", warning)
+    if settings.ssl:
+        log.warning("--ssl is accepted but has no effect: this build has no SSL support")
+    log.info("Initializing Gear on port %s with SSL: false", settings.port)
+    sockets = listener.bind_listeners(settings)
+    if user is not None:
+        logs.chown(user.pw_uid, user.pw_gid)
+        proc.drop_privileges(user)
+    notifier = proc.Notifier()
+    if settings.daemon:
+        keep = [s.fileno() for s in sockets]
+        if logs.fileno() is not None:
+            keep.append(logs.fileno())  # type: ignore[arg-type]
+        notifier = proc.daemonize(keep)
+    if not settings.coredump:
+        faulthandler.enable(file=_crash_fd(logs), all_threads=True)
+    pid_written = False
+    router = SignalRouter()
+    try:
+        if settings.pid_file:
+            pid_written = proc.write_pid_file(settings.pid_file, settings.pid_file_is_default)
+        log.info("Starting up with pid %d, verbose is set to %s", os.getpid(), settings.verbose)
+        server = server_mod.Server(settings, sockets)
+        router.install({
+            signal.SIGTERM: functools.partial(server.stop, False),
+            signal.SIGINT: functools.partial(server.stop, False),
+            signal.SIGUSR1: functools.partial(server.stop, True),
+            signal.SIGHUP: logs.reopen,
+        })
+        server.start()
+        router.attach(server.post)
+    except BaseException as exc:
+        notifier.failed(str(exc) if isinstance(exc, GearmandError) else repr(exc))
+        if pid_written and settings.pid_file:
+            proc.remove_pid_file(settings.pid_file)
+        if not isinstance(exc, GearmandError):
+            log.critical("start-up failed: %r", exc, exc_info=exc)
+        raise
+    notifier.ready()
+    try:
+        code: int = server.run()
+    finally:
+        if pid_written and settings.pid_file:
+            proc.remove_pid_file(settings.pid_file)
+        logs.close()
+    return code
+
+
+def _crash_fd(logs: logsetup.LogConfig) -> int:
+    """Where a crash traceback goes (gearmand prints a backtrace): a private duplicate of
+    the log file's descriptor, so SIGHUP reopening the log never leaves it dangling; else
+    stderr."""
+    fd = logs.fileno()
+    return os.dup(fd) if fd is not None else sys.stderr.fileno()

@@ -1,0 +1,168 @@
+"""Process plumbing for start-up: -f (RLIMIT_NOFILE), -u (privilege drop), -d, -P.
+
+Everything here runs on the main thread, before any server thread exists.
+
+Daemonising (``-d``) uses python-daemon, with a ready pipe on top so that the launching
+process behaves like gearmand's parent: it waits, and exits 0 only once the daemon reports
+"ready" (ports bound, queue replayed), or exits 1 with the daemon's one-line error on its
+own stderr.  The launcher forks; its child enters ``DaemonContext`` (which forks twice more,
+calls setsid(), points stdio at /dev/null and closes every descriptor except the listening
+sockets, the log file and the pipe's write end).  The working directory is kept, as
+gearmand does not chdir, so relative -l/-P/queue paths keep working.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import resource
+import sys
+from typing import Iterable, Optional
+
+from .errors import ConfigError
+
+FD_LIMIT_MESSAGE = ("Failed to set limit for the number of file descriptors.  Try running as "
+                    "root or giving a smaller value to -f. ({})")
+READY = b"R"
+FAILED = b"E"
+
+
+def set_fd_limit(count: int) -> None:
+    """-f N: soft RLIMIT_NOFILE = N; the hard limit is raised only if it is lower."""
+    if count <= 0:
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < count:
+        hard = count
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else os.strerror(errno.EINVAL)
+        raise ConfigError(FD_LIMIT_MESSAGE.format(reason)) from None
+
+
+def lookup_user(name: str) -> pwd.struct_passwd:
+    """-u USER, checked before binding: gearmand's messages for not-root / unknown user."""
+    if os.getuid() != 0 and os.geteuid() != 0:
+        raise ConfigError("Must be root to switch users.")
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"Could not find user : {name}") from None
+
+
+def drop_privileges(user: pwd.struct_passwd) -> None:
+    """setgroups([]), setgid, setuid — after binding, so privileged ports work."""
+    try:
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+    except OSError as exc:
+        raise ConfigError(f"Could not switch to user {user.pw_name} ({exc.strerror})") \
+            from None
+
+
+class Notifier:
+    """The daemon's end of the ready pipe (write end); a no-op when not daemonised."""
+
+    def __init__(self, fd: Optional[int] = None) -> None:
+        self.fd = fd
+
+    def _send(self, payload: bytes) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, payload)
+        except OSError:
+            pass
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.fd = None
+
+    def ready(self) -> None:
+        self._send(READY)
+
+    def failed(self, message: str) -> None:
+        self._send(FAILED + message.encode("utf-8", "replace"))
+
+
+def _wait_for_daemon(read_fd: int, child: int) -> None:
+    """The launcher: block until the daemon says ready or failed (or dies), then exit."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(read_fd, 4096)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+        if not data:
+            break
+        chunks.append(data)
+    os.close(read_fd)
+    try:
+        os.waitpid(child, 0)
+    except ChildProcessError:  # pragma: no cover
+        pass
+    message = b"".join(chunks)
+    if message.startswith(READY):
+        sys.stdout.flush()
+        os._exit(0)
+    if message.startswith(FAILED):
+        raise ConfigError(message[1:].decode("utf-8", "replace"))
+    raise ConfigError("the daemon exited during start-up")
+
+
+def daemonize(preserve: Iterable[int]) -> Notifier:
+    """-d: detach (python-daemon); returns the daemon's Notifier.  Only the daemon returns:
+    the launcher exits 0 on "ready" or raises ConfigError with the daemon's error."""
+    import daemon  # python-daemon; imported only when -d is used
+
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child > 0:
+        os.close(write_fd)
+        _wait_for_daemon(read_fd, child)
+    os.close(read_fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    context = daemon.DaemonContext(
+        working_directory=os.getcwd(), umask=umask, prevent_core=False, detach_process=True,
+        files_preserve=list(preserve) + [write_fd], signal_map={})
+    context.open()
+    return Notifier(write_fd)
+
+
+def write_pid_file(path: str, is_default: bool) -> bool:
+    """-P: unlink, then create ``<pid>\\n``.  A failure on gearmand's compiled-in default path
+    is ignored (returns False); on any other path it is an error, in gearmand's words."""
+    try:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if is_default:
+            return False
+        raise ConfigError(f"Could not open pid file for writing: {path}({exc.strerror}) "
+                          f"({exc.strerror})") from None
+    return True
+
+
+def remove_pid_file(path: str) -> None:
+    """Remove the pid file at clean exit, but only if it still names this process."""
+    try:
+        with open(path, "rb") as f:
+            if f.read().strip() != str(os.getpid()).encode():
+                return
+        os.unlink(path)
+    except OSError:
+        pass
