@@ -72,6 +72,23 @@ def _load_core() -> Any:
     return listener, server
 
 
+def _preload(settings: Settings) -> None:
+    """Import now what later steps import lazily: after -u the interpreter may no longer be
+    able to read its own site-packages (e.g. a Python under /root), and a missing queue
+    driver should fail before binding, not after detaching.  Importing opens no connection."""
+    import importlib
+
+    from . import queues
+    if settings.daemon:
+        importlib.import_module("daemon")
+    module = queues.module_name(settings.queue_type)
+    if module is not None:
+        try:
+            importlib.import_module(f"{queues.__name__}.{module}")
+        except ImportError:
+            pass   # Server.start() -> queues.create() reports it in its own words
+
+
 def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
     """Start the server described by ``settings``; return the process exit code.
 
@@ -81,6 +98,7 @@ def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
     proc.set_fd_limit(settings.file_descriptors)
     user = proc.lookup_user(settings.user) if settings.user else None
     listener, server_mod = _load_core()
+    _preload(settings)
     logs = logsetup.configure(settings.log_file, settings.verbose, settings.syslog)
     for warning in warnings:
         log.warning("%s", warning)

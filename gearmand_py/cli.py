@@ -126,4 +126,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except click.ClickException as exc:   # pragma: no cover - our parser raises ConfigError
         sys.stderr.write(f"{prog}: {exc.format_message()}\n")
         sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(1)
+    except Exception as exc:   # a bug: still one line for the operator (details in the log)
+        sys.stderr.write(f"{prog}: {type(exc).__name__}: {exc}\n")
+        sys.exit(1)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -37,9 +37,11 @@ def set_fd_limit(count: int) -> None:
         hard = count
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else os.strerror(errno.EINVAL)
-        raise ConfigError(FD_LIMIT_MESSAGE.format(reason)) from None
+    except OSError as exc:
+        raise ConfigError(FD_LIMIT_MESSAGE.format(exc.strerror)) from None
+    except ValueError as exc:   # CPython maps EPERM and EINVAL to ValueError
+        code = errno.EPERM if "not allowed" in str(exc) else errno.EINVAL
+        raise ConfigError(FD_LIMIT_MESSAGE.format(os.strerror(code))) from None
 
 
 def lookup_user(name: str) -> pwd.struct_passwd:
