@@ -192,7 +192,7 @@ def test_cli_worker_sends_data_per_line(server: Server,
     r = cli(server, "-f", "lines", "x")
     assert r.returncode == 0, r.stderr
     # libgearman's CLI prints each WORK_DATA as it arrives plus its own echo of the first
-    # chunk; this is what it prints against C gearmand 1.1.20 
+    # chunk; this is what it prints against C gearmand 1.1.20
     assert r.stdout == b"a\na\nb\n"
 
 
