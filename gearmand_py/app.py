@@ -72,6 +72,17 @@ def _load_core() -> Any:
     return listener, server
 
 
+def _name_process() -> None:
+    """Show as "gearmand" in /proc/PID/comm, so ps, pgrep, pidof and start-stop-daemon
+    --name find this server like the C one (the executable itself is the Python
+    interpreter)."""
+    try:
+        from .threads import set_native_name
+    except ImportError:  # pragma: no cover - core not present
+        return
+    set_native_name("gearmand")
+
+
 def _preload(settings: Settings) -> None:
     """Import now what later steps import lazily: after -u the interpreter may no longer be
     able to read its own site-packages (e.g. a Python under /root), and a missing queue
@@ -95,6 +106,7 @@ def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
     Start-up errors raise GearmandError (cli prints ``<argv0>: <message>``, exit 1).
     """
     logsetup.rename_main_thread()
+    _name_process()
     proc.set_fd_limit(settings.file_descriptors)
     user = proc.lookup_user(settings.user) if settings.user else None
     listener, server_mod = _load_core()
