@@ -232,14 +232,17 @@ def scenario(srv: Server) -> list[tuple[str, bytes]]:
     ask("prioritystatus")
     ask("show jobs")
     ask("show unique jobs")
-    # w2 takes the delta job; w1 takes the high alpha job (registration order differs!)
-    w2.send("GRAB_JOB_UNIQ")
-    p = w2.recv()
-    assert p.name == "JOB_ASSIGN_UNIQ", p
+    # w3 (delta only) takes the delta job; a worker with several functions would expose
+    # the deliberate assignment-order difference, which is not what this test compares
+    w3 = Conn(port)
+    w3.send("CAN_DO", "delta")
+    w3.send("GRAB_JOB_UNIQ")
+    p = w3.recv()
+    assert p.name == "JOB_ASSIGN_UNIQ" and p.args[1] == b"delta", p
     ask("status")
     ask("prioritystatus")
-    w2.send("WORK_STATUS", p.args[0], b"1", b"4")
-    sync(w2)
+    w3.send("WORK_STATUS", p.args[0], b"1", b"4")
+    sync(w3)
     ask("maxqueue epsilon 1")
     sub.send("SUBMIT_JOB_BG", "epsilon", "", b"e2")
     out.append(("submit over maxqueue", sub.recv().payload))
@@ -264,10 +267,10 @@ def scenario(srv: Server) -> list[tuple[str, bytes]]:
     ask("nonsense here")
     # disconnect the fg client: its job keeps running but is ignored
     fg.close()
-    w2.send("WORK_COMPLETE", p.args[0], b"r")
-    sync(w2)
+    w3.send("WORK_COMPLETE", p.args[0], b"r")
+    sync(w3)
     ask("status")
-    for c in (admin, w1, w2, sub):
+    for c in (admin, w1, w2, w3, sub):
         c.close()
     return out
 
