@@ -683,7 +683,8 @@ RESPONSE_ONLY = {5: 0, 6: 0, 8: 0, 10: 0, 11: 2, 17: 0, 19: 1, 20: 4, 24: 0, 27:
 def test_invalid_command_keeps_connection(server: Server, num: int) -> None:
     with Conn(server.port) as c:
         c.send(num, *([b"x"] * (RESPONSE_ONLY[num] + 1)))
-        assert c.expect("ERROR").as_tuple() == ("ERROR", b"INVALID_COMMAND", b"Command not expected")
+        assert c.expect("ERROR").as_tuple() == (
+            "ERROR", b"INVALID_COMMAND", b"Command not expected")
         c.send("ECHO_REQ", b"still here")
         assert c.expect("ECHO_RES").payload == b"still here"
 
