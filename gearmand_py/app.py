@@ -56,12 +56,33 @@ class SignalRouter:
         else:
             self.post(action)
 
+    def deliver(self, action: Callable[[], None]) -> None:
+        """Post from any thread (the FATAL log hook); held until the server can take it."""
+        if self.post is None:
+            self.pending.append(action)
+        else:
+            self.post(action)
+
     def attach(self, post: Callable[[Callable[[], None]], None]) -> None:
         """The server can take posts now: deliver what arrived during start-up."""
         self.post = post
         pending, self.pending = self.pending, []
         for action in pending:
             post(action)
+
+
+class FatalStops(logging.Handler):
+    """gearmand stops gracefully after any FATAL log line; so do we (any thread)."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        super().__init__(level=logsetup.FATAL)
+        self.stop = stop
+        self.fired = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.fired:
+            self.fired = True
+            self.stop()
 
 
 def _load_core() -> Any:
@@ -142,6 +163,8 @@ def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
             signal.SIGUSR1: functools.partial(server.stop, True),
             signal.SIGHUP: logs.reopen,
         })
+        logging.getLogger("gearmand").addHandler(
+            FatalStops(lambda: router.deliver(functools.partial(server.stop, True))))
         server.start()
         router.attach(server.post)
     except BaseException as exc:
