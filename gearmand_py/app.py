@@ -147,7 +147,9 @@ def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
         keep = [s.fileno() for s in sockets]
         if logs.fileno() is not None:
             keep.append(logs.fileno())  # type: ignore[arg-type]
+        logs.before_daemon()
         notifier = proc.daemonize(keep)
+        logs.after_daemon()
     if not settings.coredump:
         faulthandler.enable(file=_crash_fd(logs), all_threads=True)
     pid_written = False

@@ -165,12 +165,23 @@ class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class SyslogHandler(logging.Handler):
-    """``openlog("gearmand", LOG_PID|LOG_NDELAY, LOG_USER)``; priority = gearmand level 0-7."""
+    """``openlog("gearmand", LOG_PID|LOG_NDELAY, LOG_USER)``; priority = gearmand level 0-7.
+
+    ``suspend()`` closes libc's syslog socket before daemonising (which closes every
+    descriptor it was not told about; a stale syslog descriptor could later alias a client
+    socket) and ``resume()`` opens it again in the daemon."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.resume()
+
+    def resume(self) -> None:
         if _syslog is not None:
             _syslog.openlog("gearmand", _syslog.LOG_PID | _syslog.LOG_NDELAY, _syslog.LOG_USER)
+
+    def suspend(self) -> None:
+        if _syslog is not None:
+            _syslog.closelog()
 
     def emit(self, record: logging.LogRecord) -> None:
         if _syslog is None:  # pragma: no cover
@@ -199,6 +210,17 @@ class LogConfig:
         if self.file_handler is not None:
             self.file_handler.reopen()
             self.file_handler.write_raw(SIGHUP_LINE)
+
+    def before_daemon(self) -> None:
+        """Close what cannot survive python-daemon's descriptor sweep (syslog's socket)."""
+        for handler in self.handlers:
+            if isinstance(handler, SyslogHandler):
+                handler.suspend()
+
+    def after_daemon(self) -> None:
+        for handler in self.handlers:
+            if isinstance(handler, SyslogHandler):
+                handler.resume()
 
     def close(self) -> None:
         logger = logging.getLogger(LOGGER_NAME)
