@@ -139,7 +139,7 @@ class Option:
     file_ok: bool = True            # accepted inside a config file
     extension: bool = False         # not in gearmand 1.1.20 (documented as ours)
     queue: bool = False             # a queue module option (goes to Settings.queue_options)
-    multi: bool = False             # may repeat (values collected); -L is not: gearmand refuses
+    limits: Optional[Tuple[int, int]] = None   # our sanity range, checked after wrapping
 
     @property
     def takes_value(self) -> bool:
@@ -205,7 +205,7 @@ OPTIONS: List[Option] = [
        "resolves to is bound (IPv6 included)."),
     _o("max-packet-size", None, "u32", DEFAULT_MAX_PACKET_SIZE,
        "Largest packet payload accepted from a peer, in bytes; a bigger packet closes that "
-       "connection. (gearmand-py extension)", extension=True),
+       "connection. (gearmand-py extension)", extension=True, limits=(1, (1 << 32) - 1)),
     _o("pid-file", "P", "str", DEFAULT_PID_FILE, "File to write process ID out to."),
     _o("protocol", "r", "str", None, "Load protocol module (only 'http')."),
     _o("round-robin", "R", SWITCH, None,
@@ -221,7 +221,7 @@ OPTIONS: List[Option] = [
        "Whether to create a core dump for uncaught signals."),
     _o("threads", "t", "u32", 4,
        "Number of I/O threads to use. 0 means a single thread that accepts, does I/O and "
-       "processes jobs. Default=4."),
+       "processes jobs. Default=4.", limits=(0, MAX_THREADS)),
     _o("user", "u", "str", None, "Switch to given user after startup."),
     _o("verbose", "v", "str", "ERROR",
        "Set verbose level (FATAL, ALERT, CRITICAL, ERROR, WARNING, NOTICE, INFO, DEBUG). "
@@ -300,7 +300,10 @@ class Parsed:
 
 def _convert(opt: Option, text: str) -> object:
     try:
-        return VALUE_PARSERS[opt.kind](text)
+        value = VALUE_PARSERS[opt.kind](text)
+        if opt.limits is not None and not opt.limits[0] <= value <= opt.limits[1]:  # type: ignore[operator]
+            raise ValueError(text)
+        return value
     except ValueError:
         raise ConfigError(f"the argument ('{text}') for option '--{opt.name}' is invalid") \
             from None
@@ -523,8 +526,6 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
     env = dict(os.environ) if env is None else env
     port = _check_port(_env_port(str(v["port"]), env, opts.warnings), "port")
     threads = int(v["threads"])  # type: ignore[call-overload]
-    if threads > MAX_THREADS:
-        raise ConfigError(f"the argument ('{threads}') for option '--threads' is invalid")
     prefix = v["job-handle-prefix"]
     if prefix is not None and len(str(prefix).encode()) > MAX_HANDLE_PREFIX:
         raise ConfigError("Could not create gearmand library instance. "
@@ -537,9 +538,6 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
     required = REQUIRED_QUEUE_OPTIONS.get(queue_type)
     if required and not v.get(required[0]):
         raise ConfigError(required[1])
-    if int(v["max-packet-size"]) <= 0:  # type: ignore[call-overload]
-        raise ConfigError(f"the argument ('{v['max-packet-size']}') for option "
-                          "'--max-packet-size' is invalid")
     user = v["user"]
     if user is not None:
         try:

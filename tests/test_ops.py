@@ -602,3 +602,19 @@ def test_gearmand_port_env_picks_the_port(tmp_path) -> None:  # type: ignore
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("flags,listening", [(["-vvv"], True), (["-vv"], False),
+                                             (["-v", "INFO"], True)])
+def test_bare_v_sets_the_log_level(tmp_path, flags, listening) -> None:  # type: ignore
+    log = os.path.join(str(tmp_path), "v.log")
+    port = free_low_port()
+    proc = subprocess.Popen(cmd() + ["-p", str(port), "-L", "127.0.0.1", "-l", log, "-P",
+                                     os.path.join(str(tmp_path), "p")] + flags, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: port_open(port), 20)
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    assert ("Listening on 127.0.0.1:%d " % port in read(log)) == listening
