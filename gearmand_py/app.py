@@ -137,6 +137,16 @@ def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
         log.warning("%s", warning)
     if settings.ssl:
         log.warning("--ssl is accepted but has no effect: this build has no SSL support")
+    try:
+        return _serve(settings, logs, user, listener, server_mod)
+    except GearmandError as exc:
+        if logs.file_handler is not None and not isinstance(exc, proc.DaemonStartError):
+            log.error("%s", exc)       # the operator of a daemon reads the log
+        raise
+
+
+def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any, listener: Any,
+           server_mod: Any) -> int:
     log.info("Initializing Gear on port %s with SSL: false", settings.port)
     sockets = listener.bind_listeners(settings)
     if user is not None:

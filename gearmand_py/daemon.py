@@ -28,6 +28,10 @@ READY = b"R"
 FAILED = b"E"
 
 
+class DaemonStartError(ConfigError):
+    """Raised in the launching process: the daemon reported (and logged) this error."""
+
+
 def set_fd_limit(count: int) -> None:
     """-f N: soft RLIMIT_NOFILE = N; the hard limit is raised only if it is lower."""
     if count <= 0:
@@ -112,8 +116,8 @@ def _wait_for_daemon(read_fd: int, child: int) -> None:
         sys.stdout.flush()
         os._exit(0)
     if message.startswith(FAILED):
-        raise ConfigError(message[1:].decode("utf-8", "replace"))
-    raise ConfigError("the daemon exited during start-up")
+        raise DaemonStartError(message[1:].decode("utf-8", "replace"))
+    raise DaemonStartError("the daemon exited during start-up")
 
 
 def daemonize(preserve: Iterable[int]) -> Notifier:
