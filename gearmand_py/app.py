@@ -149,12 +149,16 @@ def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any, listener: An
            server_mod: Any) -> int:
     log.info("Initializing Gear on port %s with SSL: false", settings.port)
     sockets = listener.bind_listeners(settings)
+    http_sockets = []
+    if settings.protocol == "http":
+        log.info("Initializing HTTP on port %s", settings.http_port)
+        http_sockets = listener.bind_listeners(settings, port=settings.http_port)
     if user is not None:
         logs.chown(user.pw_uid, user.pw_gid)
         proc.drop_privileges(user)
     notifier = proc.Notifier()
     if settings.daemon:
-        keep = [s.fileno() for s in sockets]
+        keep = [s.fileno() for s in sockets + http_sockets]
         if logs.fileno() is not None:
             keep.append(logs.fileno())  # type: ignore[arg-type]
         logs.before_daemon()
@@ -168,7 +172,7 @@ def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any, listener: An
         if settings.pid_file:
             pid_written = proc.write_pid_file(settings.pid_file, settings.pid_file_is_default)
         log.info("Starting up with pid %d, verbose is set to %s", os.getpid(), settings.verbose)
-        server = server_mod.Server(settings, sockets)
+        server = server_mod.Server(settings, sockets, http_sockets)
         router.install({
             signal.SIGTERM: functools.partial(server.stop, False),
             signal.SIGINT: functools.partial(server.stop, False),

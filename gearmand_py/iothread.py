@@ -25,6 +25,7 @@ from .engine import Output
 from .listener import accept_all
 from .processor import CLOSED, CONNECT, Batch, Processor
 from .protocol.codec import Decoder
+from .protocol.http import HttpSession
 from .wakeup import Mailbox
 
 log = logging.getLogger("gearmand")
@@ -36,7 +37,7 @@ PAUSE_READ_AT = 4 * 1024 * 1024
 
 # Mailbox message kinds (first tuple element).
 MSG_OUTPUT = 0      # (MSG_OUTPUT, [(conn_id, bytes | None)])
-MSG_ADD = 1         # (MSG_ADD, conn_id, socket, (ip, port))
+MSG_ADD = 1         # (MSG_ADD, conn_id, socket, (ip, port), is_http)
 MSG_CALL = 2        # (MSG_CALL, fn)
 MSG_STOP = 3        # (MSG_STOP,)
 
@@ -51,13 +52,15 @@ EV_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLR
 
 
 class Connection:
-    __slots__ = ("id", "sock", "fd", "decoder", "wbuf", "close_after", "events")
+    __slots__ = ("id", "sock", "fd", "decoder", "http", "wbuf", "close_after", "events")
 
-    def __init__(self, conn_id: int, sock: socket.socket, max_packet: int) -> None:
+    def __init__(self, conn_id: int, sock: socket.socket, max_packet: int,
+                 http: bool = False) -> None:
         self.id = conn_id
         self.sock = sock
         self.fd = sock.fileno()
         self.decoder = Decoder(max_packet)
+        self.http = HttpSession(max_packet) if http else None
         self.wbuf = bytearray()
         self.close_after = False
         self.events = EV_READ
@@ -70,13 +73,15 @@ class IOLoop:
                  post: Optional[Callable[[int, List[Batch]], None]] = None,
                  processor: Optional[Processor] = None,
                  listeners: Sequence[socket.socket] = (),
+                 http_listeners: Sequence[socket.socket] = (),
                  next_conn_id: Optional[Callable[[], int]] = None) -> None:
         self.io_id = io_id
         self.max_packet = max_packet
         self.max_output = max(4 * max_packet, 64 * 1024 * 1024)
         self.post = post
         self.processor = processor
-        self.listeners = list(listeners)
+        self.listeners = list(listeners) + list(http_listeners)
+        self.http_fds = {s.fileno() for s in http_listeners}
         self.next_conn_id = next_conn_id
         self.mailbox = Mailbox()
         self.epoll = select.epoll()
@@ -166,7 +171,7 @@ class IOLoop:
         if not data:
             self._drop(conn)
             return
-        events = conn.decoder.feed(data)
+        events = conn.decoder.feed(data) if conn.http is None else conn.http.feed(data)
         if events:
             self._batch.append((conn.id, events))
 
@@ -176,7 +181,7 @@ class IOLoop:
             if kind == MSG_OUTPUT:
                 self._apply_output(msg[1])
             elif kind == MSG_ADD:
-                self._add(msg[1], msg[2], msg[3])
+                self._add(msg[1], msg[2], msg[3], msg[4])
             elif kind == MSG_CALL:
                 msg[1]()
             elif kind == MSG_STOP:
@@ -184,11 +189,13 @@ class IOLoop:
 
     def _accept(self, lsock: socket.socket) -> None:
         assert self.next_conn_id is not None
+        http = lsock.fileno() in self.http_fds
         for sock, addr in accept_all(lsock):
-            self._add(self.next_conn_id(), sock, addr)
+            self._add(self.next_conn_id(), sock, addr, http)
 
-    def _add(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int]) -> None:
-        conn = Connection(conn_id, sock, self.max_packet)
+    def _add(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int],
+             http: bool = False) -> None:
+        conn = Connection(conn_id, sock, self.max_packet, http)
         self.conns[conn_id] = conn
         self._register(conn.fd, EV_READ, conn)
         self._batch.append((conn_id, [(CONNECT, False, (sock.fileno(), addr[0], addr[1]))]))
@@ -201,6 +208,12 @@ class IOLoop:
             conn = conns.get(conn_id)
             if conn is None:
                 continue
+            if data is not None and conn.http is not None:
+                data = conn.http.respond(data)
+                if data is None:
+                    continue
+                dirty.setdefault(conn, []).append(data)
+                data = None
             if data is None:
                 conn.close_after = True
                 dirty.setdefault(conn, [])

@@ -39,9 +39,11 @@ GC_THRESHOLDS = (50_000, 50, 100)
 
 
 class Server:
-    def __init__(self, settings: Settings, sockets: Sequence[socket.socket]) -> None:
+    def __init__(self, settings: Settings, sockets: Sequence[socket.socket],
+                 http_sockets: Sequence[socket.socket] = ()) -> None:
         self.settings = settings
         self.sockets = list(sockets)
+        self.http_sockets = list(http_sockets)
         self.exit_code = 0
         self.loops: List[IOLoop] = []
         self.threads: List[threading.Thread] = []
@@ -71,7 +73,8 @@ class Server:
         threads = max(settings.threads, 0)
         max_packet = settings.max_packet_size
         if threads == 0:
-            loop = IOLoop(0, max_packet, listeners=self.sockets, next_conn_id=self._next_id)
+            loop = IOLoop(0, max_packet, listeners=self.sockets,
+                          http_listeners=self.http_sockets, next_conn_id=self._next_id)
             self.processor = Processor(engine, loop.deliver_inline)
             loop.processor = self.processor
             self.loops = [loop]
@@ -127,7 +130,9 @@ class Server:
         sel = selectors.DefaultSelector()
         sel.register(self._mailbox.fileno(), selectors.EVENT_READ, None)
         for lsock in self.sockets:
-            sel.register(lsock, selectors.EVENT_READ, lsock)
+            sel.register(lsock, selectors.EVENT_READ, (lsock, False))
+        for lsock in self.http_sockets:
+            sel.register(lsock, selectors.EVENT_READ, (lsock, True))
         loops = self.loops[::-1]          # deal N, N-1, ..., 1 like gearmand
         n = len(loops)
         while self._running:
@@ -137,15 +142,16 @@ class Server:
                         fn()
                     if not self._running:
                         break
-                    if not self.sockets:
+                    if not self.sockets and not self.http_sockets:
                         for k in list(sel.get_map().values()):
                             if k.data is not None:
                                 sel.unregister(k.fileobj)
                     continue
-                for sock, addr in accept_all(key.data):
+                lsock, http = key.data
+                for sock, addr in accept_all(lsock):
                     loop = loops[self._rr % n]
                     self._rr += 1
-                    loop.mailbox.put((MSG_ADD, self._next_id(), sock, addr))
+                    loop.mailbox.put((MSG_ADD, self._next_id(), sock, addr, http))
         sel.close()
 
     def post(self, fn: Callable[[], None]) -> None:
@@ -187,12 +193,13 @@ class Server:
             for lsock in loop.listeners:
                 loop.unregister(lsock.fileno())
             loop.listeners = []
-        for lsock in self.sockets:
+        for lsock in self.sockets + self.http_sockets:
             try:
                 lsock.close()
             except OSError:
                 pass
         self.sockets = []
+        self.http_sockets = []
 
     def _crashed(self, exc: BaseException) -> None:
         log.critical("thread %s died: %r; stopping the server", threading.current_thread().name,

@@ -1,0 +1,123 @@
+"""HTTP protocol module (-r http): curl and raw sockets against a real server and workers."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from typing import Callable, Iterator, List, Tuple
+
+import pytest
+
+from gearproto import Conn
+from support import Server, free_low_port, require
+
+
+def http(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def headers_body(raw: bytes) -> Tuple[bytes, dict, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    return lines[0], dict(line.split(b": ", 1) for line in lines[1:]), body
+
+
+@pytest.fixture(params=[0, 2])
+def http_server(request: pytest.FixtureRequest,
+                server_factory: Callable[..., Server]) -> Iterator[Tuple[Server, int]]:
+    port = free_low_port()
+    srv = server_factory("-t", str(request.param), "-r", "http", "--http-port", str(port))
+    yield srv, port
+
+
+def reverse_worker(srv: Server, stop: threading.Event, packets: List[Tuple[int, list]]) -> None:
+    """A raw worker: echoes data reversed, with one WORK_DATA chunk first."""
+    w = Conn(srv.port)
+    w.send(1, b"rev")
+    while not stop.is_set():
+        w.send(9)
+        packet = w.recv()
+        if packet.num == 10:           # NO_JOB
+            w.send(4)
+            try:
+                w.recv(timeout=0.2)
+            except (socket.timeout, TimeoutError):
+                pass
+            continue
+        handle, data = packet.args[0], packet.args[-1]
+        packets.append((packet.num, packet.args))
+        w.send(28, handle, b"<")
+        w.send(13, handle, data[::-1])
+
+
+def test_foreground_background_echo_head_and_bad_method(
+        http_server: Tuple[Server, int]) -> None:
+    srv, port = http_server
+    stop = threading.Event()
+    seen: List[Tuple[int, list]] = []
+    t = threading.Thread(target=reverse_worker, args=(srv, stop, seen), daemon=True)
+    t.start()
+    try:
+        raw = http(port, b"POST /rev HTTP/1.1\r\nContent-Length: 5\r\n"
+                         b"X-Gearman-Unique: u1\r\n\r\nhello")
+        status, hdrs, body = headers_body(raw)
+        assert status == b"HTTP/1.0 200 OK"
+        assert hdrs[b"X-Gearman-Command"] == b"WORK_COMPLETE"
+        assert hdrs[b"X-Gearman-Job-Handle"].startswith(b"H:")
+        assert hdrs[b"Server"] == b"Gearman/1.1.20"
+        assert body == b"<olleh" and hdrs[b"Content-Length"] == b"6"
+
+        status, hdrs, body = headers_body(http(port, b"GET / HTTP/1.0\r\n\r\n"))
+        assert status == b"HTTP/1.0 404 NOT_FOUND" and body == b""
+
+        status, hdrs, body = headers_body(http(
+            port, b"PUT /bgonly HTTP/1.0\r\nX-Gearman-Background: true\r\n"
+                  b"X-Gearman-Priority: high\r\nContent-Length: 2\r\n\r\nhi"))
+        assert status == b"HTTP/1.0 200 OK"
+        assert hdrs[b"X-Gearman-Command"] == b"JOB_CREATED"
+        with Conn(srv.port) as admin:
+            assert b"bgonly\t1\t0\t0\t0\n" in admin.admin("prioritystatus")
+
+        status, hdrs, body = headers_body(http(port, b"HEAD /rev HTTP/1.0\r\n\r\n"))
+        assert status == b"HTTP/1.0 200 OK" and body == b""
+
+        status, _, _ = headers_body(http(port, b"DELETE /rev HTTP/1.0\r\n\r\n"))
+        assert status == b"HTTP/1.0 405 METHOD_NOT_ALLOWED"
+        assert http(port, b"GET /rev HTTP/2.0\r\n\r\n") == b""      # closed, no reply
+    finally:
+        stop.set()
+        t.join(5)
+    assert seen and seen[0][0] == 11
+
+
+def test_curl_with_gearman_cli_worker(http_server: Tuple[Server, int]) -> None:
+    require("/usr/bin/curl", "HTTP tests drive the server with curl")
+    require("/usr/bin/gearman", "the worker is libgearman's gearman CLI")
+    srv, port = http_server
+    worker = subprocess.Popen(["/usr/bin/gearman", "-h", "127.0.0.1", "-p", str(srv.port),
+                               "-w", "-f", "upper", "--", "tr", "a-z", "A-Z"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        with Conn(srv.port) as admin:
+            while b"upper\t0\t0\t1" not in admin.admin("status"):
+                assert time.monotonic() < deadline, "worker did not register"
+                time.sleep(0.05)
+        out = subprocess.run(["/usr/bin/curl", "-s", "-i", "--data-binary", "gearman",
+                              f"http://127.0.0.1:{port}/upper"],
+                             capture_output=True, timeout=20, check=True).stdout
+        status, hdrs, body = headers_body(out)
+        assert status == b"HTTP/1.0 200 OK"
+        assert body == b"GEARMAN"
+    finally:
+        worker.kill()
+        worker.wait()
