@@ -10,7 +10,7 @@ import heapq
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .log import NOTICE
 from .protocol.codec import pack
@@ -62,6 +62,8 @@ class Engine:
         self.jobs: Dict[bytes, Job] = {}
         self.conns: Dict[int, Conn] = {}
         self.out: Dict[int, List[Output]] = {}
+        #: Workers asleep after PRE_SLEEP that have not been sent a NOOP yet.
+        self.sleepers: Set[Conn] = set()
         self.timers: List[Tuple[float, int, int, Job, int]] = []
         self._seq = 0
         self.round_robin = settings.round_robin
@@ -107,10 +109,11 @@ class Engine:
     def disconnect(self, conn: Conn) -> None:
         """Peer gone: requeue what it held, detach it from what it waited on."""
         self.conns.pop(conn.id, None)
-        self.release_jobs(conn, None)
+        self.sleepers.discard(conn)
         for ability in conn.abilities:
             self._remove_worker(ability.function, conn)
         conn.abilities.clear()
+        self.release_jobs(conn, None)
         for job in list(conn.listening.values()):
             self.detach(job, conn)
         conn.listening.clear()
@@ -235,7 +238,15 @@ class Engine:
             del job.function.by_unique[job.key]
 
     # ---- wakeups --------------------------------------------------------------------
+    def sleep(self, conn: Conn) -> None:
+        """PRE_SLEEP found nothing to do: NOOP the worker when work arrives."""
+        conn.sleeping = True
+        if not conn.noop_sent:
+            self.sleepers.add(conn)
+
     def wake(self, func: Function) -> None:
+        if not self.sleepers:
+            return
         workers = func.workers
         n = len(workers)
         if not n:
@@ -247,6 +258,7 @@ class Engine:
             w = workers[(start + i) % n]
             if w.sleeping and not w.noop_sent:
                 w.noop_sent = True
+                self.sleepers.discard(w)
                 self.send(w, _NOOP)
                 woken += 1
                 if limit and woken >= limit:
@@ -287,6 +299,8 @@ class Engine:
     def grab(self, conn: Conn) -> Optional[Job]:
         conn.sleeping = False
         conn.noop_sent = False
+        if self.sleepers:
+            self.sleepers.discard(conn)
         abilities = conn.abilities
         now = 0.0
         for idx, ability in enumerate(abilities):

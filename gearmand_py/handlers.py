@@ -111,7 +111,7 @@ def pre_sleep(engine: Engine, conn: Conn, args: Args) -> None:
     if engine.has_due_job(conn):
         engine.send(conn, _NOOP)
     else:
-        conn.sleeping = True
+        engine.sleep(conn)
 
 
 def _assign_packet(cmd: int, job: Job) -> bytes:

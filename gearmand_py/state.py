@@ -50,7 +50,7 @@ class Conn:
     """A client/worker/admin connection, as known to the processing thread."""
 
     __slots__ = ("id", "io_id", "fd", "ip", "port", "client_id", "abilities", "sleeping",
-                 "noop_sent", "exceptions", "held", "listening", "seq", "http")
+                 "noop_sent", "exceptions", "held", "listening", "seq")
 
     def __init__(self, conn_id: int, io_id: int, fd: int, ip: str, port: int, seq: int,
                  exceptions: bool) -> None:
@@ -67,7 +67,6 @@ class Conn:
         self.exceptions = exceptions
         self.held: Dict[bytes, Job] = {}         # jobs assigned to this worker, by handle
         self.listening: Dict[bytes, Job] = {}    # foreground jobs this client waits on
-        self.http = False
 
 
 class Function:
