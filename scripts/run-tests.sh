@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 APT_PACKAGES=(
   gearman-tools gearman-job-server          # gearman/gearadmin CLIs, C gearmand (the oracle)
   php-cli php-gearman                       # PHP client/worker tests
-  libgearman-client-perl                    # Perl Gearman::Client tests
+  libgearman-client-perl libjson-pp-perl    # Perl Gearman::Client tests
   memcached libtokyocabinet9                # queue backends
   procps iproute2 curl                      # ps/pgrep, ss, HTTP checks
 )

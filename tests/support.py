@@ -1,8 +1,9 @@
 """Test support: start real gearmand processes (this project's or C's) on loopback.
 
 Every server binds 127.0.0.1.  This project's server gets ``-p 0``; the port it bound is read
-from its log ("Listening on 127.0.0.1:<port>") or, at quieter --verbose levels, from /proc; C gearmand cannot report an ephemeral
-port, so it gets a free port below 32768 (see reference §1: TIME_WAIT on ephemeral ports).
+from its log ("Listening on 127.0.0.1:<port>") or, at quieter --verbose levels, from
+/proc.  C gearmand cannot report an ephemeral port, so it gets a free port below 32768
+(see reference §1: TIME_WAIT on ephemeral ports).
 """
 
 from __future__ import annotations
