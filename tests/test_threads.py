@@ -116,3 +116,32 @@ def test_round_trips_per_thread_setting(server_factory: Factory, threads: str) -
     srv = server_factory("-t", threads)
     _round_trips(srv.port)
     assert srv.alive()
+
+
+@pytest.mark.parametrize("threads", ["0", "1", "2", "4"])
+def test_libgearman_round_trip_per_thread_setting(server_factory: Factory, threads: str) -> None:
+    """A real client stack (gearman CLI worker + client, gearadmin) for every -t value."""
+    import subprocess
+
+    from support import require
+
+    require("/usr/bin/gearman", "libgearman round trips need gearman-tools")
+    srv = server_factory("-t", threads)
+    base = ["/usr/bin/gearman", "-h", "127.0.0.1", "-p", str(srv.port)]
+    worker = subprocess.Popen([*base, "-w", "-c", "3", "-f", "tup", "--", "tr", "a-z", "A-Z"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        outs = []
+        for i in range(3):
+            r = subprocess.run([*base, "-f", "tup", f"round{i}"], capture_output=True,
+                               timeout=20, check=False)
+            outs.append((r.returncode, r.stdout))
+        assert outs == [(0, f"ROUND{i}".encode()) for i in range(3)]
+        assert worker.wait(10) == 0
+        r = subprocess.run(["/usr/bin/gearadmin", "-h", "127.0.0.1", "-p", str(srv.port),
+                            "--status"], capture_output=True, timeout=20, check=False)
+        assert r.stdout == b"tup\t0\t0\t0\n.\n"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.communicate(timeout=5)
