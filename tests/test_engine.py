@@ -808,3 +808,32 @@ def test_connection_survives_errors_then_works(server: Server) -> None:
         c.expect("ERROR")
         h = submit(c, "after", b"x", cmd="SUBMIT_JOB_BG")
         assert HANDLE_RE.match(h), h
+
+
+def test_work_fail_handle_too_large(server: Server) -> None:
+    # the live 1.1.20 text says GEARMAND_JOB_HANDLE_SIZE (reference §2.3 drops the D)
+    with Conn(server.port) as c:
+        c.send("WORK_FAIL", b"H:" + b"x" * 70)
+        assert c.expect("ERROR").as_tuple() == (
+            "ERROR", b"ARGUMENT_TOO_LARGE",
+            b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf")
+        c.send("ECHO_REQ", b"alive")
+        assert c.expect("ECHO_RES").payload == b"alive"
+
+
+def test_reduce_job_reducer_too_large(server: Server) -> None:
+    with Conn(server.port) as c:
+        c.send("SUBMIT_REDUCE_JOB_BACKGROUND", "red", "u", b"r" * 70, "agg", b"d")
+        assert c.expect("ERROR").as_tuple() == (
+            "ERROR", b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+
+
+def test_foreground_reduce_job(server: Server) -> None:
+    c = Conn(server.port)
+    c.send("SUBMIT_REDUCE_JOB", "redfg", "ru", "myreducer", "agg", b"in\0put")
+    h = c.expect("JOB_CREATED").args[0]
+    w = worker(server.port, "redfg")
+    assert grab(w, "GRAB_JOB_ALL").as_tuple() == (
+        "JOB_ASSIGN_ALL", h, b"redfg", b"ru", b"myreducer", b"in\0put")
+    w.send("WORK_COMPLETE", h, b"reduced")
+    assert c.expect("WORK_COMPLETE").args[1] == b"reduced"
