@@ -1,0 +1,210 @@
+"""`-q libsqlite3`: background jobs in an SQLite table, C gearmand's layout (stdlib sqlite3).
+
+Thread: the processing thread only.  ``open()`` and ``replay()`` run on the main thread
+before the processing thread starts, and ``save_on_shutdown()``/``close()`` after it has
+stopped, so the connection is opened with ``check_same_thread=False`` but never shared.
+
+Layout (reference §6.2, identical to gearmand 1.1.20 so a table carries over both ways)::
+
+    CREATE TABLE <t> ( unique_key TEXT, function_name TEXT, priority INTEGER, data BLOB,
+                       when_to_run INTEGER, PRIMARY KEY (unique_key, function_name))
+
+unique_key/function_name are bound as TEXT (``CAST(? AS TEXT)`` over the raw bytes, so
+any byte string is stored exactly as gearmand's ``sqlite3_bind_text`` stores it), data as a
+BLOB, priority and when_to_run as integers.  add() is ``INSERT OR REPLACE`` inside a
+``BEGIN`` that flush() commits: the job is durable (synchronous=FULL, sqlite's default)
+before JOB_CREATED is sent.
+
+Fixed gearmand bugs, same format: every statement is parameterised; empty data is stored
+as a zero-length BLOB, not NULL (gearmand then refuses to replay the row), and a NULL
+data/priority/when written by gearmand is read as b"", NORMAL and 0 instead of stopping the
+server.
+
+``--store-queue-on-shutdown`` follows gearmand 1.1.21: nothing is written or deleted while
+running; the table is emptied after a successful replay; the server hands every job still
+in memory to ``save_on_shutdown()`` when it stops (a SIGKILL loses them, by design).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Iterable, Iterator, Optional
+
+from ..errors import ConfigError, QueueError
+from ..settings import Settings
+from .base import NORMAL, StoredJob
+
+DEFAULT_TABLE = "gearman_queue"
+#: gearmand's sqlite3_busy_timeout.
+BUSY_TIMEOUT_S = 6.0
+
+
+def quote_ident(name: str) -> str:
+    """An SQL identifier in double quotes (table names cannot be bound parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class SqliteQueue:
+    supports_epoch = True
+    durable = True
+
+    def __init__(self, path: str, table: str = DEFAULT_TABLE,
+                 store_on_shutdown: bool = False) -> None:
+        self.path = path
+        self.table = table
+        self.store_on_shutdown = store_on_shutdown
+        self._db: Optional[sqlite3.Connection] = None
+        self._in_txn = False
+        t = quote_ident(table)
+        self._sql_add = (f"INSERT OR REPLACE INTO {t} (priority, unique_key, function_name, "
+                         "data, when_to_run) VALUES (?, CAST(? AS TEXT), CAST(? AS TEXT), ?, ?)")
+        self._sql_done = (f"DELETE FROM {t} WHERE unique_key = CAST(? AS TEXT) "
+                          "AND function_name = CAST(? AS TEXT)")
+        self._sql_replay = (f"SELECT unique_key, function_name, priority, data, when_to_run "
+                            f"FROM {t}")
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def open(self) -> None:
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                 check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise QueueError(f"cannot open sqlite database {self.path}: {exc}") from None
+        db.text_factory = bytes
+        self._db = db
+        self._in_txn = False
+        try:
+            self._create_table(db)
+        except sqlite3.Error as exc:
+            self.close()
+            raise QueueError(f"cannot use sqlite database {self.path} table {self.table}: "
+                             f"{exc}") from None
+
+    def _create_table(self, db: sqlite3.Connection) -> None:
+        t = quote_ident(self.table)
+        found = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                           (self.table,)).fetchone()
+        if not found:
+            db.execute(f"CREATE TABLE {t} ( unique_key TEXT, function_name TEXT, "
+                       "priority INTEGER, data BLOB, when_to_run INTEGER, "
+                       "PRIMARY KEY (unique_key, function_name))")
+            return
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({t})")}
+        if b"when_to_run" not in columns and "when_to_run" not in columns:
+            try:   # a table from gearmand < 0.x epoch support, as gearmand upgrades it
+                db.execute(f"ALTER TABLE {t} ADD COLUMN when_to_run INTEGER")
+            except sqlite3.Error:
+                self.supports_epoch = False
+                self._sql_add = (f"INSERT OR REPLACE INTO {t} (priority, unique_key, "
+                                 "function_name, data) VALUES (?, CAST(? AS TEXT), "
+                                 "CAST(? AS TEXT), ?)")
+                self._sql_replay = (f"SELECT unique_key, function_name, priority, data, 0 "
+                                    f"FROM {t}")
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            if self._in_txn:
+                db.execute("COMMIT")
+        finally:
+            self._in_txn = False
+            db.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise QueueError("the sqlite queue is not open")
+        return self._db
+
+    # ---- the contract --------------------------------------------------------------
+    def add(self, job: StoredJob) -> None:
+        if self.store_on_shutdown:
+            return
+        self._insert(job)
+
+    def _insert(self, job: StoredJob) -> None:
+        db = self._conn()
+        if not self._in_txn:
+            db.execute("BEGIN")
+            self._in_txn = True
+        args: tuple = (job.priority, job.unique, job.function, job.data)
+        if self.supports_epoch:
+            args += (job.when,)
+        try:
+            db.execute(self._sql_add, args)
+        except sqlite3.Error:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self._in_txn:
+            self._in_txn = False
+            try:
+                self._conn().execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def flush(self) -> None:
+        if self._in_txn:
+            try:
+                self._conn().execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+            self._in_txn = False
+
+    def done(self, unique: bytes, function: bytes) -> None:
+        if self.store_on_shutdown:
+            return
+        self.flush()
+        self._conn().execute(self._sql_done, (unique, function))
+
+    def replay(self) -> Iterator[StoredJob]:
+        db = self._conn()
+        self.flush()
+        rows = db.execute(self._sql_replay).fetchall()
+        for unique, function, priority, data, when in rows:
+            yield StoredJob(_as_bytes(unique), _as_bytes(function), _as_bytes(data),
+                            _priority(priority), int(when or 0))
+        if self.store_on_shutdown:
+            # 1.1.21: the jobs now live in memory until the shutdown save.
+            db.execute(f"DELETE FROM {quote_ident(self.table)}")
+
+    # ---- --store-queue-on-shutdown ---------------------------------------------------
+    def save_on_shutdown(self, jobs: Iterable[StoredJob]) -> int:
+        """Store the jobs still in memory (called once at stop, after the threads ended)."""
+        if not self.store_on_shutdown:
+            return 0
+        count = 0
+        for job in jobs:
+            self._insert(job)
+            count += 1
+        self.flush()
+        return count
+
+
+def _as_bytes(value: object) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return str(value).encode()
+
+
+def _priority(value: object) -> int:
+    try:
+        p = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return NORMAL
+    return p if 0 <= p <= 2 else NORMAL
+
+
+def create(settings: Settings) -> SqliteQueue:
+    path = settings.queue_option("libsqlite3-db")
+    if not path:
+        raise ConfigError("missing required --libsqlite3-db=<dbfile> argument")
+    table = settings.queue_option("libsqlite3-table") or DEFAULT_TABLE
+    return SqliteQueue(path, table, settings.store_queue_on_shutdown)
