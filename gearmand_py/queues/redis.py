@@ -1,0 +1,139 @@
+"""`-q redis`: background jobs as Redis hashes, gearmand's key layout (redis-py).
+
+Thread: the processing thread only (``open``/``replay`` run on the main thread before it
+starts, ``close`` after it stopped).
+
+Options: ``--redis-server`` (127.0.0.1), ``--redis-port`` (6379), ``--redis-password``
+(sends AUTH) and ``--redis-prefix`` (``_gear_``).
+
+Layout (reference §6.2): key ``<prefix>-<function>-<unique>``, a hash with the fields
+``data`` (the raw bytes) and ``priority`` (decimal), written with one HSET, so gearmand 1.1.20
+replays what we write.  Like upstream after 2.0 we also store the fields ``function`` and
+``unique``, so replay does not have to split the key: a hyphenated function name survives.
+Entries without them (written by gearmand) are split at the first ``-`` after the prefix,
+as gearmand does; a plain string value (gearmand <= 1.1.15) is the data, NORMAL priority.
+
+Fixed gearmand bugs, same format: NUL bytes in data survive replay (gearmand copied it with
+strdup); SCAN replaces KEYS.  Redis cannot store epoch jobs (``supports_epoch`` False: the
+engine refuses them with ERROR QUEUE_ERROR).  Durability is whatever the Redis server's
+persistence settings give: the HSET has been acknowledged before JOB_CREATED.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+from ..errors import QueueError
+from ..settings import Settings
+from .base import NORMAL, StoredJob
+
+DEFAULT_PREFIX = "_gear_"
+CONNECT_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = 30.0
+SCAN_COUNT = 1000
+
+
+def _glob_escape(text: bytes) -> bytes:
+    out = bytearray()
+    for ch in text:
+        if ch in b"*?[]\\":
+            out += b"\\"
+        out.append(ch)
+    return bytes(out)
+
+
+class RedisQueue:
+    supports_epoch = False
+    durable = True
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6379,
+                 password: Optional[str] = None, prefix: str = DEFAULT_PREFIX) -> None:
+        import redis
+
+        self._redis = redis
+        self.host, self.port, self.password = host, port, password
+        self.prefix = prefix.encode("utf-8", "surrogateescape")
+        self._key_head = self.prefix + b"-"
+        self._client: Any = None
+
+    def key(self, unique: bytes, function: bytes) -> bytes:
+        return b"%s%s-%s" % (self._key_head, function, unique)
+
+    def open(self) -> None:
+        client = self._redis.Redis(host=self.host, port=self.port, password=self.password,
+                                   socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                   socket_timeout=SOCKET_TIMEOUT_S, retry_on_timeout=False)
+        try:
+            client.ping()
+        except self._redis.RedisError as exc:
+            client.close()
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise QueueError(f"cannot connect to redis at {self.host}:{self.port}: "
+                             f"{text}") from None
+        self._client = client
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _c(self) -> Any:
+        if self._client is None:
+            raise QueueError("the redis queue is not open")
+        return self._client
+
+    def add(self, job: StoredJob) -> None:
+        if job.when:
+            raise QueueError("redis cannot store epoch jobs")
+        self._c().hset(self.key(job.unique, job.function), mapping={
+            b"data": job.data, b"priority": b"%d" % job.priority,
+            b"function": job.function, b"unique": job.unique})
+
+    def flush(self) -> None:
+        pass
+
+    def done(self, unique: bytes, function: bytes) -> None:
+        self._c().delete(self.key(unique, function))
+
+    def replay(self) -> Iterator[StoredJob]:
+        client = self._c()
+        pattern = _glob_escape(self._key_head) + b"*"
+        keys = sorted(set(client.scan_iter(match=pattern, count=SCAN_COUNT)))
+        for key in keys:
+            job = self._load(client, key)
+            if job is not None:
+                yield job
+
+    def _load(self, client: Any, key: bytes) -> Optional[StoredJob]:
+        kind = client.type(key)
+        rest = key[len(self._key_head):]
+        function, sep, unique = rest.partition(b"-")
+        if kind == b"hash":
+            fields = client.hgetall(key)
+            if not fields:
+                return None
+            if b"function" in fields and b"unique" in fields:
+                function, unique = fields[b"function"], fields[b"unique"]
+            elif not sep:
+                return None
+            try:
+                priority = int(fields.get(b"priority", b"1"))
+            except ValueError:
+                priority = NORMAL
+            return StoredJob(unique, function, fields.get(b"data", b""),
+                             priority if 0 <= priority <= 2 else NORMAL, 0)
+        if kind == b"string" and sep:
+            data = client.get(key)
+            return None if data is None else StoredJob(unique, function, data, NORMAL, 0)
+        return None
+
+
+def create(settings: Settings) -> RedisQueue:
+    port_text = settings.queue_option("redis-port") or "6379"
+    try:
+        port = int(port_text)
+    except ValueError:   # gearmand uses atoi
+        port = 0
+    return RedisQueue(settings.queue_option("redis-server") or "127.0.0.1", port,
+                      settings.queue_option("redis-password"),
+                      settings.queue_option("redis-prefix") or DEFAULT_PREFIX)
