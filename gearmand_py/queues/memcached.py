@@ -102,7 +102,7 @@ class MemcachedQueue:
         return self._clients[one_at_a_time(key) % len(self._clients)]
 
     def open(self) -> None:
-        clients = []
+        clients: List[Any] = []
         for host, port in self.servers:
             client = self._client_cls((host, port), serde=_Serde(),
                                       connect_timeout=CONNECT_TIMEOUT_S, timeout=TIMEOUT_S)

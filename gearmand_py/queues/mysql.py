@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 
 def _one_line(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
+    args: tuple = tuple(getattr(exc, "args", ()))
     text = str(args[1]) if len(args) >= 2 else (str(exc).strip() or type(exc).__name__)
     return text.splitlines()[0] if text else type(exc).__name__
 
