@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 from . import daemon as proc
 from . import log as logsetup
@@ -37,38 +37,47 @@ log = logging.getLogger("gearmand")
 
 
 class SignalRouter:
-    """Signal number -> action; handlers only post the action to the main loop."""
+    """Signals -> server actions.  Handlers only post the action to the main loop; a signal
+    that arrives before the server can take posts (binding, daemonising, queue replay) is
+    held and posted as soon as Server.start() has returned."""
 
-    def __init__(self) -> None:
-        self.post: Optional[Callable[[Callable[[], None]], None]] = None
-        self.pending: List[Callable[[], None]] = []
-        self.actions: Dict[int, Callable[[], None]] = {}
+    #: signal -> action name (SIGTERM/SIGINT stop at once, SIGUSR1 gracefully, SIGHUP logs)
+    SIGNALS: Dict[int, str] = {signal.SIGTERM: "stop", signal.SIGINT: "stop",
+                               signal.SIGUSR1: "graceful", signal.SIGHUP: "reopen"}
 
-    def install(self, actions: Dict[int, Callable[[], None]]) -> None:
-        self.actions = actions
-        for signum in actions:
+    def __init__(self, logs: logsetup.LogConfig) -> None:
+        self.logs = logs
+        self.server: Any = None
+        self.pending: List[str] = []
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        action = self.actions[signum]
-        if self.post is None:
-            self.pending.append(action)
-        else:
-            self.post(action)
+        self.deliver(self.SIGNALS[signum])
 
-    def deliver(self, action: Callable[[], None]) -> None:
-        """Post from any thread (the FATAL log hook); held until the server can take it."""
-        if self.post is None:
-            self.pending.append(action)
+    def deliver(self, name: str) -> None:
+        """Post an action from any thread or a signal handler (never runs it here)."""
+        if self.server is None:
+            self.pending.append(name)
         else:
-            self.post(action)
+            self.server.post(self.action(name))
 
-    def attach(self, post: Callable[[Callable[[], None]], None]) -> None:
-        """The server can take posts now: deliver what arrived during start-up."""
-        self.post = post
+    def action(self, name: str) -> Callable[[], None]:
+        actions: Dict[str, Callable[[], None]] = {
+            "stop": functools.partial(self.server.stop, False),
+            "graceful": functools.partial(self.server.stop, True),
+            "reopen": self.logs.reopen,
+        }
+        return actions[name]
+
+    def attach(self, server: Any) -> None:
+        """The server takes posts now: deliver what arrived during start-up, in order."""
+        self.server = server
         pending, self.pending = self.pending, []
-        for action in pending:
-            post(action)
+        for name in pending:
+            server.post(self.action(name))
 
 
 class FatalStops(logging.Handler):
@@ -147,6 +156,9 @@ def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
 
 def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any, listener: Any,
            server_mod: Any) -> int:
+    router = SignalRouter(logs)
+    if not settings.daemon:
+        router.install()         # the daemon installs them after detaching
     log.info("Initializing Gear on port %s with SSL: false", settings.port)
     sockets = listener.bind_listeners(settings)
     http_sockets = []
@@ -163,26 +175,19 @@ def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any, listener: An
             keep.append(logs.fileno())  # type: ignore[arg-type]
         logs.before_daemon()
         notifier = proc.daemonize(keep)
+        router.install()
         logs.after_daemon()
     if not settings.coredump:
         faulthandler.enable(file=_crash_fd(logs), all_threads=True)
     pid_written = False
-    router = SignalRouter()
+    logging.getLogger("gearmand").addHandler(FatalStops(lambda: router.deliver("graceful")))
     try:
         if settings.pid_file:
             pid_written = proc.write_pid_file(settings.pid_file, settings.pid_file_is_default)
         log.info("Starting up with pid %d, verbose is set to %s", os.getpid(), settings.verbose)
         server = server_mod.Server(settings, sockets, http_sockets)
-        router.install({
-            signal.SIGTERM: functools.partial(server.stop, False),
-            signal.SIGINT: functools.partial(server.stop, False),
-            signal.SIGUSR1: functools.partial(server.stop, True),
-            signal.SIGHUP: logs.reopen,
-        })
-        logging.getLogger("gearmand").addHandler(
-            FatalStops(lambda: router.deliver(functools.partial(server.stop, True))))
         server.start()
-        router.attach(server.post)
+        router.attach(server)
     except BaseException as exc:
         notifier.failed(str(exc) if isinstance(exc, GearmandError) else repr(exc))
         if pid_written and settings.pid_file:

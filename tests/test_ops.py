@@ -196,20 +196,22 @@ def test_sighup_line_written_at_default_verbosity(tmp_path, procs) -> None:  # t
 
 
 @pytest.mark.parametrize("extra,expected,logged", [
-    (["-q", "mysql"], "queue module mysql is not available in this build", 1),
+    # fails in Server.start() (queue open), after logging is set up: logged once
+    (["-q", "libsqlite3", "--libsqlite3-db=/nonexistent-dir/q.db"],
+     "Error while initializing the queue : libsqlite3", 1),
     (["-q", "nosuch"], "Error while initializing the queue : nosuch", 0),  # before logging
 ])
 def test_daemon_start_failure_reaches_the_launcher(tmp_path, extra, expected,  # type: ignore
                                                    logged) -> None:
     launched = launch_daemon(str(tmp_path), extra)
     assert launched.returncode == 1
-    assert launched.stderr.splitlines()[-1].split(": ", 1)[1].startswith(
-        expected.split(" (")[0])
+    assert len(launched.stderr.splitlines()) == 1
+    assert launched.stderr.split(": ", 1)[1].startswith(expected)
     assert not os.path.exists(os.path.join(str(tmp_path), "gearmand.pid"))
     lines = [ln for ln in read(os.path.join(str(tmp_path), "gearmand.log")).splitlines()
              if " ERROR " in ln]
     assert len(lines) == logged                               # once, by the daemon
-    assert all(expected.split(" (")[0] in ln for ln in lines)
+    assert all(expected in ln for ln in lines)
 
 
 def test_daemon_bind_failure_reaches_the_launcher(tmp_path) -> None:  # type: ignore
