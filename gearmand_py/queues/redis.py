@@ -62,7 +62,7 @@ class RedisQueue:
     def open(self) -> None:
         client = self._redis.Redis(host=self.host, port=self.port, password=self.password,
                                    socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                   socket_timeout=SOCKET_TIMEOUT_S, retry_on_timeout=False)
+                                   socket_timeout=SOCKET_TIMEOUT_S)
         try:
             client.ping()
         except self._redis.RedisError as exc:
