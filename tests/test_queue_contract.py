@@ -19,6 +19,7 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
+from gearmand_py.errors import QueueError
 from gearmand_py.queues import create as create_backend
 from gearmand_py.queues.base import HIGH, LOW, NORMAL, StoredJob
 from gearmand_py.settings import Settings
@@ -278,7 +279,7 @@ def test_awkward_uniques(make: Factory, unique: bytes) -> None:
     b = make()
     if make.name == "libmemcached" and len(unique.split()) > 1:  # type: ignore[attr-defined]
         # memcached's text protocol has no way to send a key with spaces: refused.
-        with pytest.raises(Exception):
+        with pytest.raises(QueueError):
             put(b, StoredJob(unique, b"fn", b"d", NORMAL, 0))
         assert stored(b) == {}
         return
@@ -317,7 +318,7 @@ def test_epoch_refused_without_support(make: Factory) -> None:
     b = make()
     if b.supports_epoch:  # type: ignore[attr-defined]
         pytest.skip("this backend stores epoch jobs")
-    with pytest.raises(Exception):
+    with pytest.raises(QueueError):
         put(b, StoredJob(b"e", b"f", b"", NORMAL, 1_900_000_000))
     assert stored(b) == {}
 

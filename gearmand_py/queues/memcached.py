@@ -40,6 +40,8 @@ TIMEOUT_S = 10.0
 MAX_DUMP_BYTES = 1 << 30
 BUSY_RETRIES = 50
 GET_BATCH = 100
+#: memcached's longest key.
+MAX_KEY = 250
 
 
 def one_at_a_time(key: bytes) -> int:
@@ -128,6 +130,9 @@ class MemcachedQueue:
         if not self._clients:
             raise QueueError("the memcached queue is not open")
         key = self.key(job.unique, job.function)
+        if len(key) > MAX_KEY or len(key.split()) != 1 or key.split()[0] != key:
+            raise QueueError(f"memcached cannot store the key {key[:60]!r} (spaces, control "
+                             f"characters or more than {MAX_KEY} bytes)")
         if not self._pick(key).set(key, (job.data, job.priority), expire=0, noreply=False):
             raise QueueError("memcached did not store the job")
 
