@@ -1,7 +1,7 @@
 """The option table, gearmand's (boost::program_options) parser, and the frozen Settings.
 
 One table (``OPTIONS``) drives the command line, the config file, ``--help``, the click
-command (cli.py) and the man page (man/gen_manpage.py).  Parsing reproduces gearmand
+command (cli.py) and the man page (gearmand_py/manpage.py).  Parsing reproduces gearmand
 1.1.20's messages (reference §1.1); ``build_settings`` validates and produces the frozen
 ``Settings`` that every thread reads.  Runs on the main thread at start-up only.
 """
