@@ -24,6 +24,7 @@ from .errors import QueueError
 from .iothread import MSG_ADD, MSG_CALL, MSG_STOP, IOLoop
 from .listener import accept_all
 from .processor import STOP, Batch, Processor, ProcessorThread
+from .queues.base import StoredJob
 from .settings import Settings
 from .threads import ServiceThread
 from .wakeup import Mailbox
@@ -220,6 +221,16 @@ class Server:
                 log.error("thread %s did not stop in %.0fs", thread.name, JOIN_TIMEOUT)
                 self.exit_code = 1
         if self.engine is not None:
+            # --store-queue-on-shutdown (sqlite): every thread has stopped, so the backend
+            # is ours; hand it the background jobs still in memory, as gearmand does at stop.
+            save = getattr(self.engine.backend, "save_on_shutdown", None)
+            if save is not None and self.settings.store_queue_on_shutdown:
+                try:
+                    save(StoredJob(j.unique, j.function.name, j.data, j.priority, j.when)
+                         for j in list(self.engine.jobs.values()) if j.persisted)
+                except Exception as exc:
+                    log.error("storing the queue on shutdown failed: %s", exc)
+                    self.exit_code = 1
             try:
                 self.engine.backend.close()
             except Exception as exc:
