@@ -9,6 +9,7 @@ fails the test in CI (env CI set) and skips it elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -67,35 +68,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def memcached_server() -> Iterator[Tuple[str, int]]:
-    """Our own memcached on a free loopback port for the whole session."""
+@contextlib.contextmanager
+def spawn_memcached(*extra: str) -> Iterator[Tuple[str, int]]:
+    """Our own memcached on a free loopback port, stopped on exit."""
     exe = shutil.which("memcached") or ("/usr/bin/memcached"
                                         if os.path.exists("/usr/bin/memcached") else None)
     if exe is None:
         unavailable("memcached is not installed (apt: memcached)")
     assert exe is not None
     port = free_port()
-    args = [exe, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64"]
+    args = [exe, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", *extra]
     if os.geteuid() == 0:
         args += ["-u", "root"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while not reachable(("127.0.0.1", port)):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            unavailable(f"memcached did not start: {err.strip()}")
-        time.sleep(0.05)
-    yield ("127.0.0.1", port)
-    proc.terminate()
     try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stderr:
-        proc.stderr.close()
+        deadline = time.monotonic() + 10
+        while not reachable(("127.0.0.1", port)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr and proc.poll() else ""
+                unavailable(f"memcached did not start: {err.strip()}")
+            time.sleep(0.05)
+        yield ("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+@pytest.fixture(scope="session")
+def memcached_server() -> Iterator[Tuple[str, int]]:
+    """One memcached (default settings) for the whole session."""
+    with spawn_memcached() as addr:
+        yield addr
 
 
 def queue_args(name: str, variant: str, tmpdir: str,
