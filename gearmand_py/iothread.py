@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .engine import Output
 from .listener import accept_all
@@ -34,6 +34,12 @@ log = logging.getLogger("gearmand")
 READ_SIZE = 65536
 #: Stop reading from a connection while this much output waits for it (backpressure).
 PAUSE_READ_AT = 4 * 1024 * 1024
+#: Output batches up to this size are joined into one send; larger ones use sendmsg.
+JOIN_LIMIT = 256 * 1024
+#: Most buffers handed to one sendmsg (Linux UIO_MAXIOV is 1024).
+IOV_MAX = 512
+
+Buffer = Union[bytes, memoryview]
 
 # Mailbox message kinds (first tuple element).
 MSG_OUTPUT = 0      # (MSG_OUTPUT, [(conn_id, bytes | None)])
@@ -52,7 +58,7 @@ EV_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLR
 
 
 class Connection:
-    __slots__ = ("id", "sock", "fd", "decoder", "http", "wbuf", "close_after", "events")
+    __slots__ = ("id", "sock", "fd", "decoder", "http", "wq", "wlen", "close_after", "events")
 
     def __init__(self, conn_id: int, sock: socket.socket, max_packet: int,
                  http: bool = False) -> None:
@@ -61,7 +67,8 @@ class Connection:
         self.fd = sock.fileno()
         self.decoder = Decoder(max_packet)
         self.http = HttpSession(max_packet) if http else None
-        self.wbuf = bytearray()
+        self.wq: List[Buffer] = []     # output the socket has not taken yet
+        self.wlen = 0
         self.close_after = False
         self.events = EV_READ
 
@@ -227,51 +234,76 @@ class IOLoop:
     def _send_dirty(self) -> None:
         dirty = self._dirty
         self._dirty = {}
+        conns = self.conns
         for conn, chunks in dirty.items():
-            if conn.id not in self.conns:
-                continue
-            if conn.wbuf:
-                conn.wbuf += b"".join(chunks)
-                if len(conn.wbuf) > self.max_output:
-                    log.warning("output buffer over %d bytes, closing connection",
-                                self.max_output)
-                    self._drop(conn)
-                    continue
-                self._update_interest(conn)
+            if conn.id not in conns:
                 continue
             if chunks:
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                try:
-                    sent = conn.sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError:
-                    self._drop(conn)
+                if conn.wq:                       # already waiting for EPOLLOUT
+                    conn.wq.extend(chunks)
+                    conn.wlen += sum(map(len, chunks))
+                    if conn.wlen > self.max_output:
+                        log.warning("output buffer over %d bytes, closing connection",
+                                    self.max_output)
+                        self._drop(conn)
+                        continue
+                elif not self._write(conn, chunks):
                     continue
-                if sent < len(data):
-                    conn.wbuf += memoryview(data)[sent:]
-            if not conn.wbuf and conn.close_after:
+            if not conn.wq and conn.close_after:
                 self._drop(conn)
                 continue
             self._update_interest(conn)
 
-    def _flush_pending(self, conn: Connection) -> None:
+    def _write(self, conn: Connection, bufs: Sequence[Buffer]) -> bool:
+        """Send what the socket takes now; queue the rest without copying it.
+
+        Small batches are joined and sent with one ``send``; large ones go out with
+        ``sendmsg`` (gather I/O).  Returns False when the connection was dropped.
+        """
+        if len(bufs) == 1:
+            data: Buffer = bufs[0]
+        else:
+            total = sum(map(len, bufs))
+            data = b"".join(bufs) if total <= JOIN_LIMIT else b""
         try:
-            sent = conn.sock.send(conn.wbuf)
+            if len(bufs) == 1 or data:
+                sent = conn.sock.send(data)
+                if sent == len(data):
+                    conn.wq = []
+                    conn.wlen = 0
+                    return True
+                bufs = [data]
+            else:
+                sent = conn.sock.sendmsg(list(bufs[:IOV_MAX]))
         except (BlockingIOError, InterruptedError):
-            return
+            sent = 0
         except OSError:
             self._drop(conn)
+            return False
+        rest: List[Buffer] = []
+        for i, buf in enumerate(bufs):
+            size = len(buf)
+            if sent >= size:
+                sent -= size
+                continue
+            rest.append(memoryview(buf)[sent:] if sent else buf)
+            rest.extend(bufs[i + 1:])
+            break
+        conn.wq = rest
+        conn.wlen = sum(map(len, rest))
+        return True
+
+    def _flush_pending(self, conn: Connection) -> None:
+        if not self._write(conn, conn.wq):
             return
-        del conn.wbuf[:sent]
-        if not conn.wbuf and conn.close_after:
+        if not conn.wq and conn.close_after:
             self._drop(conn)
             return
         self._update_interest(conn)
 
     def _update_interest(self, conn: Connection) -> None:
         want = 0
-        pending = len(conn.wbuf)
+        pending = conn.wlen
         if pending:
             want |= EV_WRITE
         if pending < PAUSE_READ_AT and not conn.close_after:

@@ -18,7 +18,7 @@ import socket
 import threading
 from typing import Callable, List, Optional, Sequence
 
-from . import queues
+from . import malloc, queues
 from .engine import Engine, Output
 from .errors import QueueError
 from .iothread import MSG_ADD, MSG_CALL, MSG_STOP, IOLoop
@@ -60,6 +60,7 @@ class Server:
     # ---- start-up (main thread, after daemonising) ------------------------------------
     def start(self) -> None:
         settings = self.settings
+        malloc.tune()                    # before any I/O thread exists
         backend = queues.create(settings)
         try:
             backend.open()

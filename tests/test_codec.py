@@ -142,3 +142,14 @@ def test_large_payload_in_chunks() -> None:
     for i in range(0, len(wire), 65536):
         events.extend(d.feed(wire[i:i + 65536]))
     assert events == [(Cmd.ECHO_REQ, True, (payload,))]
+
+
+def test_big_packets_split_and_pack_like_small_ones() -> None:
+    data = (b"x\0y" * 20000)
+    wire = pack_request(Cmd.SUBMIT_JOB, b"fn", b"uniq", data)
+    assert Decoder(MAX).feed(wire) == [(Cmd.SUBMIT_JOB, True, (b"fn", b"uniq", data))]
+    missing = b"\0REQ" + struct.pack(">II", Cmd.SUBMIT_JOB, 40000) + b"f" * 40000
+    events = Decoder(MAX).feed(missing)
+    assert [e[0] for e in events] == [PROTOCOL_ERROR]
+    big = pack(Cmd.WORK_COMPLETE, b"H:x:1", data)
+    assert big == b"\0RES" + struct.pack(">II", 13, 6 + len(data)) + b"H:x:1\0" + data

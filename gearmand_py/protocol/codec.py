@@ -30,6 +30,8 @@ PROTOCOL_ERROR = -1
 MAX_TEXT_LINE = 8192
 #: More admin tokens than this close the connection, as gearmand does.
 MAX_TEXT_TOKENS = 5
+#: Payloads at least this big are split and packed without intermediate copies.
+BIG_PACKET = 16384
 
 Event = Tuple[int, bool, Tuple[bytes, ...]]
 
@@ -143,11 +145,25 @@ class Decoder:
                 args: Tuple[bytes, ...] = ()
             elif maxsplit == 0:
                 args = (buf[start:stop],)
-            else:
+            elif size < BIG_PACKET:
                 args = tuple(buf[start:stop].split(b"\0", maxsplit))
                 if len(args) != parts:
                     append(self._fail(b"command %d needs %d arguments" % (cmd, parts)))
                     return events
+            else:                       # slice each part once: no copy of the whole
+                found = []
+                p = start
+                for _ in range(maxsplit):
+                    nul = buf.find(b"\0", p, stop)
+                    if nul < 0:
+                        break
+                    found.append(buf[p:nul])
+                    p = nul + 1
+                if len(found) != maxsplit:
+                    append(self._fail(b"command %d needs %d arguments" % (cmd, parts)))
+                    return events
+                found.append(buf[p:stop])
+                args = tuple(found)
             append((cmd, is_req, args))
             pos = stop
         if pos < end:
@@ -166,8 +182,15 @@ class Decoder:
 
 def pack(cmd: int, *args: bytes) -> bytes:
     """A response packet (``\\0RES``) with its arguments joined by NUL."""
-    payload = b"\0".join(args)
-    return _PACK_HEADER(RES_MAGIC, cmd, len(payload)) + payload
+    size = sum(map(len, args)) + len(args) - 1 if args else 0
+    if size < BIG_PACKET:
+        return _PACK_HEADER(RES_MAGIC, cmd, size) + b"\0".join(args)
+    parts = [_PACK_HEADER(RES_MAGIC, cmd, size)]
+    for arg in args:
+        parts.append(arg)
+        parts.append(b"\0")
+    parts.pop()
+    return b"".join(parts)                  # one copy of a large payload
 
 
 def pack_request(cmd: int, *args: bytes) -> bytes:
