@@ -151,7 +151,7 @@ def test_epoch_jobs(server_factory: Callable[..., Server],
 @pytest.fixture
 def _cachedump_memcached() -> Iterator[Tuple[str, int]]:
     from test_queue_contract import spawn_memcached
-    with spawn_memcached("-o", "no_lru_segmented") as addr:
+    with spawn_memcached("-o", "no_lru_maintainer") as addr:
         yield addr
 
 
@@ -205,8 +205,8 @@ def test_differential_with_c_gearmand(server_factory: Callable[..., Server],
     from test_queue_contract import drop_storage
     if name == "libmemcached" and direction == "py-to-c":
         # gearmand 1.1.20 lists keys with `stats cachedump`, which on memcached >= 1.5
-        # shows only the COLD LRU: fresh items are invisible to it unless the segmented
-        # LRU is off (docs/queues.md).  Ours uses `lru_crawler metadump` and needs nothing.
+        # shows only the COLD LRU: fresh items are invisible to it unless the LRU
+        # maintainer is off (docs/queues.md).  Ours uses `lru_crawler metadump`.
         mc = request.getfixturevalue("_cachedump_memcached")
     qargs = queue_args(name, "d" + os.urandom(3).hex(), str(tmp_path), mc)
     request.addfinalizer(lambda: drop_storage(name, qargs))
