@@ -27,6 +27,8 @@ MAX_TIMEOUT_TEXT = 20
 NOT_FOUND_DATA = b"Job does not exist on server"
 NOT_FOUND_RESULT = b"Job given in work result not found"
 NOT_FOUND_EXCEPTION = b"An exception was received for a job that does not exist"
+#: gearmand 1.1.20's words for a WORK_FAIL handle of 64 bytes or more (sic).
+HANDLE_TOO_LARGE = b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf"
 
 
 def _atoi(text: bytes) -> int:
@@ -162,6 +164,9 @@ def work_complete(engine: Engine, conn: Conn, args: Args) -> None:
 
 
 def work_fail(engine: Engine, conn: Conn, args: Args) -> None:
+    if len(args[0]) >= MAX_LOOKUP:
+        engine.error(conn, b"ARGUMENT_TOO_LARGE", HANDLE_TOO_LARGE)
+        return
     job = conn.held.get(args[0])
     if job is None:
         engine.error(conn, b"JOB_NOT_FOUND", NOT_FOUND_RESULT)

@@ -109,10 +109,10 @@ class Server:
             args = ["-L", "127.0.0.1"] + args
         if not any(a in ("-l", "--log-file") or a.startswith("--log-file=") for a in args):
             args += ["-l", self.log_path]
-        if not any(a.startswith("--verbose") for a in args):
+        if not any(a.startswith("--verbose") or (a.startswith("-v") and impl == "py")
+                   for a in args):
             args += ["--verbose", "INFO"]
-        if impl == "c" and not any(a in ("-P", "--pid-file") or a.startswith("--pid-file=")
-                                   for a in args):
+        if not any(a in ("-P", "--pid-file") or a.startswith("--pid-file=") for a in args):
             args += ["-P", self.pid_path]
         self.args = base + args
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
