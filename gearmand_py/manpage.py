@@ -26,7 +26,6 @@ SIGNALS = [
 FILES = [
     ("/etc/gearmand.conf", "Default configuration file (see CONFIGURATION FILE); may be "
      "missing."),
-    ("/var/log/gearmand.log", "Default log file (-l)."),
     ("/var/gearmand.pid", "Default pid file (-P); a failure to write it is ignored only for "
      "this default path."),
     ("/etc/default/gearman-job-server", "PARAMS and paths for the init script and the "
@@ -37,6 +36,8 @@ FILES = [
 ]
 
 DIFFERENCES = [
+    "Without -l the log goes to stderr (C gearmand's Debian build writes "
+    "/var/log/gearmand.log); -l /var/log/gearmand.log restores that.",
     "-t 0 means one thread that accepts, does I/O and processes (no CPU-count guess).",
     "-v LEVEL is --verbose LEVEL; a bare -v, -vv, ... raises the level by one per v from "
     "ERROR.",

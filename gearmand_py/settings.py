@@ -21,7 +21,10 @@ from .log import LEVEL_NAMES, raise_verbosity
 #: Largest packet payload accepted from a peer (bytes). Checked before buffering.
 DEFAULT_MAX_PACKET_SIZE = 64 * 1024 * 1024
 DEFAULT_CONFIG_FILE = "/etc/gearmand.conf"
-DEFAULT_LOG_FILE = "/var/log/gearmand.log"
+#: Where logs go without -l.  C gearmand (Debian) writes /var/log/gearmand.log; this server
+#: logs to stderr so a bare `gearmand` shows its log (systemd captures it in the journal).
+#: Debian's init script and unit always pass --log-file, so they are unaffected.
+DEFAULT_LOG_FILE = "stderr"
 DEFAULT_PID_FILE = "/var/gearmand.pid"
 DEFAULT_PORT = "4730"
 #: More I/O threads than this is a typo (gearmand would wrap -t -1 to 4294967295).

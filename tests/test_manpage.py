@@ -41,7 +41,7 @@ def test_every_option_and_section_documented() -> None:
     for heading in ("OPTIONS", "FILES", "SIGNALS", "EXIT STATUS", "CONFIGURATION FILE",
                     "ENVIRONMENT"):
         assert f".SH {heading}" in page
-    for default in ("32", "/etc/gearmand.conf", "/var/log/gearmand.log", "4730", "991"):
+    for default in ("32", "/etc/gearmand.conf", "stderr", "4730", "991"):
         assert f"Default: {manpage.esc(default)}." in page
 
 
