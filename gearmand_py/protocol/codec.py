@@ -79,6 +79,11 @@ class Decoder:
     def buffered(self) -> int:
         return self._have
 
+    @property
+    def missing(self) -> int:
+        """Bytes still to come for the request being received (0 if unknown or none)."""
+        return self._need - self._have if self._need > self._have else 0
+
     def feed(self, data: bytes) -> List[Event]:
         """Add bytes; return the complete requests now available (maybe none)."""
         if self.failed:
