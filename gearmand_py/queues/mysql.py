@@ -28,16 +28,21 @@ refuses the new job rather than overwriting the other one.  A table without when
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Iterator, Optional, Tuple, Type
 
 from ..errors import QueueError
 from ..settings import Settings
 from .base import NORMAL, StoredJob
+from .dbapi import DbApiQueue
 
 CONNECT_TIMEOUT_S = 5
 SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
 ER_DUP_ENTRY = 1062
-T = TypeVar("T")
+
+
+#: MySQL client errors meaning the connection is gone (CR_SERVER_GONE_ERROR, CR_SERVER_LOST,
+#: CR_SERVER_LOST_EXTENDED) or was never there (0).
+LOST_CONNECTION_CODES = (0, 2006, 2013, 2055)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -50,7 +55,7 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-class MysqlQueue:
+class MysqlQueue(DbApiQueue):
     supports_epoch = True
     durable = True
 
@@ -128,29 +133,15 @@ class MysqlQueue:
                                 "BINARY unique_key = %s AND BINARY function_name = %s")
             self._sql_replay = f"SELECT unique_key, function_name, data, priority, 0 FROM {t}"
 
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except self._my.Error:
-                pass
+    def _driver_error(self) -> Type[BaseException]:
+        return self._my.Error  # type: ignore[no-any-return]
 
-    def _run(self, fn: Callable[[Any], T]) -> T:
-        """Run fn(cursor); after a lost connection, reconnect once and retry."""
-        for attempt in (0, 1):
-            try:
-                if self._conn is None:
-                    self._conn = self._connect()
-                with self._conn.cursor() as cur:
-                    return fn(cur)
-            except (self._my.OperationalError, self._my.InterfaceError) as exc:
-                code = exc.args[0] if exc.args else 0
-                lost = code in (0, 2006, 2013, 2055) or isinstance(exc, self._my.InterfaceError)
-                if attempt or not lost:
-                    raise
-                self.close()
-        raise AssertionError("unreachable")
+    def _retry_errors(self) -> Tuple[Type[BaseException], ...]:
+        return (self._my.OperationalError, self._my.InterfaceError)
+
+    def _is_lost(self, exc: BaseException) -> bool:
+        code = exc.args[0] if exc.args else 0
+        return code in LOST_CONNECTION_CODES or isinstance(exc, self._my.InterfaceError)
 
     # ---- the contract --------------------------------------------------------------
     def add(self, job: StoredJob) -> None:

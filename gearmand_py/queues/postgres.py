@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator, Tuple, Type
 
 from ..errors import QueueError
 from ..settings import Settings
 from .base import NORMAL, StoredJob
+from .dbapi import DbApiQueue
 
 DEFAULT_TABLE = "queue"
 CONNECT_TIMEOUT_S = 5
-T = TypeVar("T")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -40,7 +40,7 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-class PostgresQueue:
+class PostgresQueue(DbApiQueue):
     supports_epoch = True
     durable = True
 
@@ -107,27 +107,17 @@ class PostgresQueue:
             raise QueueError(f"PostgreSQL table {self.table} at {self.where}: "
                              f"{_one_line(exc)}") from None
 
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except self._pg.Error:
-                pass
+    def _driver_error(self) -> Type[BaseException]:
+        return self._pg.Error  # type: ignore[no-any-return]
 
-    def _run(self, fn: Callable[[Any], T]) -> T:
-        """Run fn(cursor); after a lost connection, reconnect once and retry."""
-        for attempt in (0, 1):
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._connect()
-                with self._conn.cursor() as cur:
-                    return fn(cur)
-            except (self._pg.OperationalError, self._pg.InterfaceError):
-                if attempt or (self._conn is not None and not self._conn.closed):
-                    raise
-                self._conn = None
-        raise AssertionError("unreachable")
+    def _retry_errors(self) -> Tuple[Type[BaseException], ...]:
+        return (self._pg.OperationalError, self._pg.InterfaceError)
+
+    def _usable(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    def _is_lost(self, exc: BaseException) -> bool:
+        return not self._usable()
 
     def add(self, job: StoredJob) -> None:
         try:
