@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from typing import Callable, Iterator, List
 
@@ -47,3 +49,23 @@ def c_server(server_factory: Callable[..., Server]) -> Server:
 
     require(C_GEARMAND, "differential tests need Debian's gearman-job-server")
     return server_factory(impl="c")
+
+
+@pytest.fixture
+def procs() -> Iterator[List["subprocess.Popen[bytes]"]]:
+    """Helper processes a test starts (workers, clients); killed at teardown, with their
+    process group when they lead one (a worker's child command goes too)."""
+    started: List["subprocess.Popen[bytes]"] = []
+    yield started
+    for p in started:
+        try:
+            if os.getpgid(p.pid) == p.pid:
+                os.killpg(p.pid, signal.SIGKILL)
+            else:
+                p.kill()
+        except ProcessLookupError:
+            pass
+        try:
+            p.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass

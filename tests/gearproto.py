@@ -252,6 +252,12 @@ def status_rows(text: bytes) -> dict[str, tuple[int, ...]]:
     return rows
 
 
+def status(port: int) -> dict[str, tuple[int, ...]]:
+    """The server's ``status`` as {function: (total, running, workers)}."""
+    with Conn(port) as c:
+        return status_rows(c.admin("status"))
+
+
 def admin(port: int, *commands: str, timeout: float = 5.0) -> list[bytes]:
     """Run admin commands on a fresh connection, one reply per command."""
     with Conn(port, timeout) as c:

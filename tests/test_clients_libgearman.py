@@ -12,10 +12,10 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
-from gearproto import Conn, status_rows, wait_for
+from gearproto import Conn, status, wait_for
 from support import Server, require
 
 GEARMAN = "/usr/bin/gearman"
@@ -30,19 +30,6 @@ def _tools() -> None:
     require(GEARADMIN, "gearadmin comes with gearman-tools")
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        try:  # each process leads its own group: kill the worker's command too
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            p.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def cli(srv: Server, *args: str, stdin: bytes | None = None,
@@ -71,13 +58,9 @@ def start_worker(srv: Server, procs: list[subprocess.Popen[bytes]], fn: str,
     return p
 
 
-def status(srv: Server) -> dict[str, tuple[int, ...]]:
-    with Conn(srv.port) as c:
-        return status_rows(c.admin("status"))
-
 
 def workers_for(srv: Server, fn: str) -> int:
-    return status(srv).get(fn, (0, 0, 0))[2]
+    return status(srv.port).get(fn, (0, 0, 0))[2]
 
 
 # -- gearman CLI ----------------------------------------------------------------------------
@@ -109,7 +92,7 @@ def test_cli_background_priorities(server: Server, procs: list[subprocess.Popen[
         args = ["-b", "-f", "pq"] + ([flag] if flag else []) + [data]
         r = cli(server, *args)
         assert r.returncode == 0, r.stderr
-    rows = status(server)
+    rows = status(server.port)
     assert rows["pq"] == (4, 0, 0)
     r = gearadmin(server, "--priority-status")
     assert r.stdout == b"pq\t1\t1\t2\t0\n.\n"
@@ -118,14 +101,14 @@ def test_cli_background_priorities(server: Server, procs: list[subprocess.Popen[
     assert w.wait(15) == 0
     with open(out) as f:
         assert f.read().split() == ["high", "normal", "low", "low2"]
-    assert status(server)["pq"] == (0, 0, 0)
+    assert status(server.port)["pq"] == (0, 0, 0)
 
 
 def test_cli_unique_background(server: Server) -> None:
     for data in ("one", "two"):
         assert cli(server, "-b", "-u", "same-key", "-f", "uq", data).returncode == 0
     assert cli(server, "-b", "-u", "other-key", "-f", "uq", "three").returncode == 0
-    assert status(server)["uq"] == (2, 0, 0)
+    assert status(server.port)["uq"] == (2, 0, 0)
     r = gearadmin(server, "--show-unique-jobs")
     assert sorted(r.stdout.split(b"\n")) == [b"", b".", b"other-key", b"same-key"]
 
@@ -144,10 +127,10 @@ def test_cli_worker_death_requeues(server: Server,
                                "payload"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True)
     procs.append(client)
-    assert wait_for(lambda: status(server).get("slow") == (1, 1, 1), 10), status(server)
+    assert wait_for(lambda: status(server.port).get("slow") == (1, 1, 1), 10), status(server.port)
     os.killpg(w1.pid, signal.SIGKILL)
     w1.wait(5)
-    assert wait_for(lambda: status(server).get("slow") == (1, 0, 0), 10), status(server)
+    assert wait_for(lambda: status(server.port).get("slow") == (1, 0, 0), 10), status(server.port)
     # it takes the requeued job at once and exits: don't wait for it in `status`
     start_worker(server, procs, "slow", ["sh", "-c", "cat; printf ' done'"], count=1,
                  wait=False)
@@ -163,12 +146,12 @@ def test_cli_job_retries_drop(server_factory: Factory,
                                "x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True)
     procs.append(client)
-    assert wait_for(lambda: status(srv).get("drop") == (1, 1, 1), 10)
+    assert wait_for(lambda: status(srv.port).get("drop") == (1, 1, 1), 10)
     os.killpg(w1.pid, signal.SIGKILL)
     out, err = client.communicate(timeout=15)
     assert client.returncode == 1 and b"Job failed" in err, (out, err)
     assert wait_for(lambda: "Dropped job due to max retry count" in srv.log(), 5)
-    assert status(srv)["drop"] == (0, 0, 0)
+    assert status(srv.port)["drop"] == (0, 0, 0)
 
 
 def test_cli_concurrent_clients(server: Server, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -182,7 +165,7 @@ def test_cli_concurrent_clients(server: Server, procs: list[subprocess.Popen[byt
     for i, c in enumerate(clients):
         out, err = c.communicate(timeout=30)
         assert (c.returncode, out) == (0, f"msg{i}!".encode()), err
-    assert status(server)["cc"] == (0, 0, 3)
+    assert status(server.port)["cc"] == (0, 0, 3)
 
 
 def test_cli_worker_sends_data_per_line(server: Server,
@@ -228,9 +211,9 @@ def test_gearadmin_outputs(server: Server, procs: list[subprocess.Popen[bytes]])
     assert gearadmin(server, "--server-verbose").stdout == b"INFO\n"
 
     assert gearadmin(server, "--create-function=newfn").stdout == b"OK\n"
-    assert "newfn" in status(server)
+    assert "newfn" in status(server.port)
     assert gearadmin(server, "--drop-function=newfn").stdout == b"OK\n"
-    assert "newfn" not in status(server)
+    assert "newfn" not in status(server.port)
     r = gearadmin(server, "--drop-function=nope")
     assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"Error: function not found\r\n")
 

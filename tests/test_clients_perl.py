@@ -12,11 +12,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from gearproto import Conn, status_rows, submit, wait_for
+from gearproto import Conn, status, status_rows, submit, wait_for
 from support import Server, require
 
 PERL = "/usr/bin/perl"
@@ -35,22 +35,7 @@ def _perl() -> None:
         require("/nonexistent/Gearman/Client.pm", "needs libgearman-client-perl")
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        try:
-            p.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
 
-
-def status(srv: Server) -> dict[str, tuple[int, ...]]:
-    with Conn(srv.port) as c:
-        return status_rows(c.admin("status"))
 
 
 def perl_client(srv: Server, *args: str, timeout: float = 30) -> Any:
@@ -71,12 +56,12 @@ def perl_client_bg(srv: Server, procs: list[subprocess.Popen[bytes]],
 def perl_worker(srv: Server, procs: list[subprocess.Popen[bytes]], count: int, *fns: str,
                 wait: bool = True) -> subprocess.Popen[bytes]:
     names = [f.split(":")[0] for f in fns]
-    before = {n: status(srv).get(n, (0, 0, 0))[2] for n in names}
+    before = {n: status(srv.port).get(n, (0, 0, 0))[2] for n in names}
     p = subprocess.Popen([PERL, os.path.join(SCRIPTS, "perl_worker.pl"), str(srv.port),
                           str(count), *fns], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(p)
     if wait:
-        assert wait_for(lambda: all(status(srv).get(n, (0, 0, 0))[2] > before[n]
+        assert wait_for(lambda: all(status(srv.port).get(n, (0, 0, 0))[2] > before[n]
                                     for n in names), 15), "Perl worker did not register"
     return p
 
@@ -122,11 +107,11 @@ def test_perl_unique_coalescing(server: Server, procs: list[subprocess.Popen[byt
     h5 = perl_client(server, "bg", "normal", "perl_u", "diff", "-")["handle"]
     assert h1 == h2 and h3 == h4
     assert len({h1, h3, h5}) == 3
-    assert status(server)["perl_u"] == (3, 0, 0)
+    assert status(server.port)["perl_u"] == (3, 0, 0)
     # foreground clients joining one job all get the one result
     c1 = perl_client_bg(server, procs, "do", "normal", "perl_j", "x", "join-key")
     c2 = perl_client_bg(server, procs, "do", "normal", "perl_j", "y", "join-key")
-    assert wait_for(lambda: status(server).get("perl_j") == (1, 0, 0), 10)
+    assert wait_for(lambda: status(server.port).get("perl_j") == (1, 0, 0), 10)
     with Conn(server.port) as c:
         def two_clients() -> bool:  # known, not running, both clients attached
             c.send("GET_STATUS_UNIQUE", b"join-key")
@@ -185,10 +170,11 @@ def test_perl_get_status(server: Server) -> None:
 def test_perl_worker_death_requeues(server: Server, procs: list[subprocess.Popen[bytes]]) -> None:
     w1 = perl_worker(server, procs, 1, "perl_slow")
     client = perl_client_bg(server, procs, "do", "normal", "perl_slow", "payload")
-    assert wait_for(lambda: status(server).get("perl_slow") == (1, 1, 1), 15), status(server)
+    assert wait_for(lambda: status(server.port).get("perl_slow") == (1, 1, 1), 15), \
+        status(server.port)
     w1.send_signal(signal.SIGKILL)
     w1.wait(5)
-    assert wait_for(lambda: status(server).get("perl_slow") == (1, 0, 0), 10)
+    assert wait_for(lambda: status(server.port).get("perl_slow") == (1, 0, 0), 10)
     w = Conn(server.port)
     w.send("CAN_DO", "perl_slow")
     w.send("GRAB_JOB")
@@ -240,7 +226,7 @@ def test_perl_can_do_timeout(server: Server, procs: list[subprocess.Popen[bytes]
     perl_worker(server, procs, 1, "perl_slow:1000")
     c = Conn(server.port)
     h = submit(c, "perl_slow", b"t")
-    assert wait_for(lambda: status(server).get("perl_slow", (0, 0, 0))[1] == 1, 15)
+    assert wait_for(lambda: status(server.port).get("perl_slow", (0, 0, 0))[1] == 1, 15)
     w = Conn(server.port)
     w.send("CAN_DO", "perl_slow")
     w.send("PRE_SLEEP")

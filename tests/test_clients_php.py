@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from gearproto import Conn, status_rows, wait_for
+from gearproto import Conn, status, wait_for
 from support import Server, require
 
 PHP = "/usr/bin/php"
@@ -32,22 +32,7 @@ def _php() -> None:
         require("/nonexistent/php-gearman", "PHP round trips need php-gearman")
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        try:
-            p.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
 
-
-def status(srv: Server) -> dict[str, tuple[int, ...]]:
-    with Conn(srv.port) as c:
-        return status_rows(c.admin("status"))
 
 
 def php_client(srv: Server, *args: str, timeout: float = 30) -> Any:
@@ -60,12 +45,12 @@ def php_client(srv: Server, *args: str, timeout: float = 30) -> Any:
 def php_worker(srv: Server, procs: list[subprocess.Popen[bytes]], count: int, *fns: str,
                wait: bool = True) -> subprocess.Popen[bytes]:
     names = [f.split(":")[0] for f in fns]
-    before = {n: status(srv).get(n, (0, 0, 0))[2] for n in names}
+    before = {n: status(srv.port).get(n, (0, 0, 0))[2] for n in names}
     p = subprocess.Popen([PHP, os.path.join(SCRIPTS, "php_worker.php"), str(srv.port),
                           str(count), *fns], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(p)
     if wait:
-        assert wait_for(lambda: all(status(srv).get(n, (0, 0, 0))[2] > before[n]
+        assert wait_for(lambda: all(status(srv.port).get(n, (0, 0, 0))[2] > before[n]
                                     for n in names), 15), "PHP worker did not register"
     return p
 
@@ -95,7 +80,7 @@ def test_php_background_priority_order(server: Server,
         assert r["rc"] == 0 and r["handle"].startswith("H:")
         handles.append(r["handle"])
     assert len(set(handles)) == 3
-    assert status(server)["php_order"] == (3, 0, 0)
+    assert status(server.port)["php_order"] == (3, 0, 0)
     w = php_worker(server, procs, 3, "php_order", wait=False)
     jobs = worker_jobs(w)
     assert [j["data"] for j in jobs] == ["H", "N", "L"]
@@ -141,11 +126,12 @@ def test_php_worker_death_requeues(server: Server, procs: list[subprocess.Popen[
                                "do", "normal", "php_slow", "payload"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(client)
-    assert wait_for(lambda: status(server).get("php_slow") == (1, 1, 1), 15), status(server)
+    assert wait_for(lambda: status(server.port).get("php_slow") == (1, 1, 1), 15), \
+        status(server.port)
     w1.send_signal(signal.SIGKILL)
     w1.wait(5)
     # a worker that answers php_slow without sleeping: reuse the generic handler
-    assert wait_for(lambda: status(server).get("php_slow") == (1, 0, 0), 10)
+    assert wait_for(lambda: status(server.port).get("php_slow") == (1, 0, 0), 10)
     w = Conn(server.port)
     w.send("CAN_DO", "php_slow")
     w.send("GRAB_JOB")
@@ -164,7 +150,7 @@ def test_php_can_do_timeout(server: Server, procs: list[subprocess.Popen[bytes]]
                                "do", "normal", "php_slow", "t"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(client)
-    assert wait_for(lambda: status(server).get("php_slow", (0, 0, 0))[1] == 1, 15)
+    assert wait_for(lambda: status(server.port).get("php_slow", (0, 0, 0))[1] == 1, 15)
     w = Conn(server.port)
     w.send("CAN_DO", "php_slow")
     w.send("PRE_SLEEP")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gearproto import Conn, grab, status_rows, submit, wait_for
+from gearproto import Conn, grab, status, status_rows, submit, wait_for
 from support import Server
 
 IMPL = os.environ.get("GEARMAND_TEST_IMPL", "py")
@@ -41,10 +41,6 @@ def worker(port: int, *fns: str, timeout_ms: int | None = None) -> Conn:
     sync(w)
     return w
 
-
-def status(port: int) -> dict[str, tuple[int, ...]]:
-    with Conn(port) as c:
-        return status_rows(c.admin("status"))
 
 
 def show_jobs(port: int) -> list[list[bytes]]:
