@@ -17,7 +17,7 @@ from .protocol.codec import pack
 from .protocol.commands import Cmd
 from .queues.base import QueueBackend, StoredJob
 from .settings import Settings
-from .state import HIGH, LOW, NORMAL, PRIORITIES, Ability, Conn, Function, Job
+from .state import HIGH, LOW, NORMAL, NO_CLIENTS, PRIORITIES, Ability, Conn, Function, Job
 
 log = logging.getLogger("gearmand")
 
@@ -190,7 +190,7 @@ class Engine:
             func.by_unique[key] = job
         func.total += 1
         if conn is not None and not background:
-            job.clients.append(conn)
+            job.clients = [conn]
             conn.listening[handle] = job
         func.queues[priority].append(job)
         if when and when > time.time():
@@ -220,14 +220,11 @@ class Engine:
 
     def attach(self, job: Job, conn: Conn) -> None:
         if job.handle not in conn.listening:
-            job.clients.insert(0, conn)
+            job.clients = [conn, *job.clients]
             conn.listening[job.handle] = job
 
     def detach(self, job: Job, conn: Conn) -> None:
-        try:
-            job.clients.remove(conn)
-        except ValueError:
-            pass
+        job.clients = [c for c in job.clients if c is not conn]
         if not job.clients and not job.background and not job.ignored:
             self._ignore(job)
 
@@ -389,7 +386,7 @@ class Engine:
             del func.by_unique[job.key]
         for client in job.clients:
             client.listening.pop(job.handle, None)
-        job.clients = []
+        job.clients = NO_CLIENTS
         if self.on_idle is not None and not self.jobs:
             self.on_idle()
 

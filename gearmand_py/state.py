@@ -7,7 +7,7 @@ Also gearmand's one-at-a-time hash, used to list functions and jobs in gearmand'
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
 HIGH, NORMAL, LOW = 0, 1, 2
 PRIORITIES = (HIGH, NORMAL, LOW)
@@ -34,6 +34,9 @@ def gearman_hash(key: bytes) -> int:
 def bucket_order(key: bytes, buckets: int, seq: int) -> Tuple[int, int]:
     """Sort key reproducing gearmand's listing: ascending bucket, newest first inside one."""
     return (gearman_hash(key) % buckets, -seq)
+
+
+NO_CLIENTS: Tuple["Conn", ...] = ()
 
 
 class Ability:
@@ -107,7 +110,9 @@ class Job:
         self.when = when
         self.reducer = reducer
         self.seq = seq
-        self.clients: List[Conn] = []      # attached foreground clients, newest first
+        # Attached foreground clients, newest first.  Starts as the shared empty tuple (no
+        # list to allocate and GC-track per queued background job); attaching replaces it.
+        self.clients: Sequence[Conn] = NO_CLIENTS
         self.worker: Optional[Conn] = None
         self.numerator = b"0"
         self.denominator = b"0"
