@@ -49,15 +49,17 @@ def _atoi(text: bytes) -> int:
 # ---- submissions --------------------------------------------------------------------
 
 def _submitter(priority: int, background: bool) -> Handler:
-    def handle(engine: Engine, conn: Conn, args: Args) -> None:
+    created = int(Cmd.JOB_CREATED)
+
+    def submit(engine: Engine, conn: Conn, args: Args) -> None:
         try:
             job = engine.submit(conn, args[0], args[1], args[2], priority, background)
         except EngineError as exc:
             engine.error(conn, exc.code, exc.text)
             return
-        handle = job.handle
-        engine.send(conn, _header(Cmd.JOB_CREATED, len(handle)) + handle)
-    return handle
+        job_handle = job.handle
+        engine.send(conn, _header(created, len(job_handle)) + job_handle)
+    return submit
 
 
 def _submit(engine: Engine, conn: Conn, name: bytes, unique: bytes, data: bytes,
