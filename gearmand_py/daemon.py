@@ -33,10 +33,20 @@ class DaemonStartError(ConfigError):
 
 
 def set_fd_limit(count: int) -> None:
-    """-f N: soft RLIMIT_NOFILE = N; the hard limit is raised only if it is lower."""
+    """-f N: soft RLIMIT_NOFILE = N; the hard limit is raised only if it is lower.
+
+    Without -f the soft limit is raised to the hard limit, as gearmand's help promises
+    ("Default is max allowed for user"; C 1.1.20 leaves the soft limit alone), so a
+    default 1024 does not cap the number of clients.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if count <= 0:
+        if soft != hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            except (OSError, ValueError):
+                pass
         return
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < count:
         hard = count
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from typing import Any, List, Optional, Tuple
 
 from .errors import ConfigError
@@ -20,6 +21,8 @@ log = logging.getLogger("gearmand")
 DEFAULT_PORT = "4730"
 #: Connections accepted per readiness event before going back to the selector.
 ACCEPT_BATCH = 64
+#: Pause (s) after accept() fails for lack of descriptors or memory.
+ACCEPT_BACKOFF = 0.1
 
 
 def _port(settings: Settings) -> str:
@@ -107,6 +110,9 @@ def accept_all(lsock: socket.socket) -> List[Tuple[socket.socket, Tuple[str, int
             break
         except OSError as exc:  # EMFILE, ECONNABORTED...: log, keep serving
             log.error("accept() failed: %s", exc.strerror)
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # The backlog stays readable: back off instead of spinning on the error.
+                time.sleep(ACCEPT_BACKOFF)
             break
         sock.setblocking(False)
         try:

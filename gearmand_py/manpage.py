@@ -36,6 +36,8 @@ FILES = [
 ]
 
 DIFFERENCES = [
+    "Without -f the soft limit on open files is raised to the hard limit (the help text's "
+    "\"Default is max allowed for user\"; C 1.1.20 leaves it unchanged).",
     "Without -l the log goes to stderr (C gearmand's Debian build writes "
     "/var/log/gearmand.log); -l /var/log/gearmand.log restores that.",
     "-t 0 means one thread that accepts, does I/O and processes (no CPU-count guess).",
