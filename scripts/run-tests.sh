@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libgearman-client-perl libjson-pp-perl    # Perl Gearman::Client tests
   memcached libtokyocabinet9                # queue backends
   procps iproute2 curl                      # ps/pgrep, ss, HTTP checks
+  build-essential sysvinit-utils            # native launcher build; /lib/lsb/init-functions
 )
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
