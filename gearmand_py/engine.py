@@ -17,7 +17,7 @@ from .protocol.codec import pack
 from .protocol.commands import Cmd
 from .queues.base import QueueBackend, StoredJob
 from .settings import Settings
-from .state import HIGH, LOW, NORMAL, NO_CLIENTS, PRIORITIES, Ability, Conn, Function, Job
+from .state import NO_CLIENTS, Ability, Conn, Function, Job
 
 log = logging.getLogger("gearmand")
 
@@ -347,10 +347,6 @@ class Engine:
         self.wake(job.function)
 
     # ---- results --------------------------------------------------------------------
-    def owned_job(self, conn: Conn, handle: bytes) -> Optional[Job]:
-        job = conn.held.get(handle)
-        return job
-
     def forward(self, job: Job, packet: bytes) -> None:
         for client in job.clients:
             self.send(client, packet)
@@ -427,6 +423,3 @@ class Engine:
             elif job.handle in self.jobs and job.worker is None:
                 self.wake(job.function)
 
-
-PRIORITY_NAMES = {HIGH: "high", NORMAL: "normal", LOW: "low"}
-__all__ = ["Engine", "EngineError", "PRIORITIES", "HIGH", "NORMAL", "LOW"]

@@ -101,7 +101,6 @@ class IOLoop:
         self.running = False
         self._batch: List[Batch] = []
         self._dirty: Dict[Connection, List[bytes]] = {}
-        self.on_stop: Optional[Callable[[], None]] = None
 
     # ---- entry points (any thread) ---------------------------------------------------
     def deliver(self, io_id: int, items: List[Output]) -> None:

@@ -19,11 +19,11 @@ import threading
 from typing import Callable, List, Optional, Sequence
 
 from . import malloc, queues
-from .engine import Engine, Output
+from .engine import Engine
 from .errors import QueueError
 from .iothread import MSG_ADD, MSG_CALL, MSG_STOP, IOLoop
 from .listener import accept_all
-from .processor import STOP, Batch, Processor, ProcessorThread
+from .processor import STOP, Processor, ProcessorThread
 from .queues.base import StoredJob
 from .settings import Settings
 from .threads import ServiceThread
@@ -240,5 +240,3 @@ class Server:
             self._mailbox.close()
         log.info("Shutdown complete")
 
-
-__all__ = ["Server", "Output", "Batch"]
