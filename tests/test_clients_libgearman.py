@@ -30,8 +30,6 @@ def _tools() -> None:
     require(GEARADMIN, "gearadmin comes with gearman-tools")
 
 
-
-
 def cli(srv: Server, *args: str, stdin: bytes | None = None,
         timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([GEARMAN, "-h", "127.0.0.1", "-p", str(srv.port), *args],
@@ -56,7 +54,6 @@ def start_worker(srv: Server, procs: list[subprocess.Popen[bytes]], fn: str,
     if wait:
         assert wait_for(lambda: workers_for(srv, fn) > before, 10), "worker did not register"
     return p
-
 
 
 def workers_for(srv: Server, fn: str) -> int:

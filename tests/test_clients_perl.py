@@ -35,9 +35,6 @@ def _perl() -> None:
         require("/nonexistent/Gearman/Client.pm", "needs libgearman-client-perl")
 
 
-
-
-
 def perl_client(srv: Server, *args: str, timeout: float = 30) -> Any:
     r = subprocess.run([PERL, os.path.join(SCRIPTS, "perl_client.pl"), str(srv.port), *args],
                        capture_output=True, timeout=timeout, check=False)

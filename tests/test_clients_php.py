@@ -32,9 +32,6 @@ def _php() -> None:
         require("/nonexistent/php-gearman", "PHP round trips need php-gearman")
 
 
-
-
-
 def php_client(srv: Server, *args: str, timeout: float = 30) -> Any:
     r = subprocess.run([PHP, os.path.join(SCRIPTS, "php_client.php"), str(srv.port), *args],
                        capture_output=True, timeout=timeout, check=False)

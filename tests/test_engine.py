@@ -42,7 +42,6 @@ def worker(port: int, *fns: str, timeout_ms: int | None = None) -> Conn:
     return w
 
 
-
 def show_jobs(port: int) -> list[list[bytes]]:
     with Conn(port) as c:
         text = c.admin("show jobs")

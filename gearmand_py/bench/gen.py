@@ -176,6 +176,15 @@ class Loop:
         self.ep.close()
 
 
+def open_shares(loop: "Loop", port: int, conns: int, jobs: int, handler: "Handler") -> None:
+    """Open ``conns`` connections sharing ``jobs`` as evenly as possible (``conn.left``)."""
+    per, extra = divmod(jobs, conns)
+    for i in range(conns):
+        conn = Conn(connect(port))
+        conn.left = per + (1 if i < extra else 0)
+        loop.add(conn, handler)
+
+
 class Role:
     """Base for a generator role: ``setup()`` connects, ``run()`` drives until done."""
 
@@ -279,11 +288,7 @@ class FgClients(Role):
         self.t_end = 0.0
 
     def setup(self) -> None:
-        per, extra = divmod(self.jobs, self.n)
-        for i in range(self.n):
-            conn = Conn(connect(self.port))
-            conn.left = per + (1 if i < extra else 0)
-            self.loop.add(conn, self.on_packets)
+        open_shares(self.loop, self.port, self.n, self.jobs, self.on_packets)
 
     def on_packets(self, conn: Conn, buf: bytearray, pkts: List[Tuple[int, int, int]]) -> None:
         for cmd, a, b in pkts:
@@ -346,11 +351,7 @@ class BgSubmitter(Role):
         self.t_end = 0.0
 
     def setup(self) -> None:
-        per, extra = divmod(self.jobs, self.nconns)
-        for i in range(self.nconns):
-            conn = Conn(connect(self.port))
-            conn.left = per + (1 if i < extra else 0)
-            self.loop.add(conn, self.on_packets)
+        open_shares(self.loop, self.port, self.nconns, self.jobs, self.on_packets)
 
     def on_packets(self, conn: Conn, buf: bytearray, pkts: List[Tuple[int, int, int]]) -> None:
         k = 0
