@@ -558,7 +558,7 @@ def test_log_file_fallback_message_like_gearmand(tmp_path) -> None:  # type: ign
             # wake-up pipe does not exist yet); only the first line matters here.
             proc.terminate()
             try:
-                proc.wait(10)
+                proc.wait(3)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
