@@ -121,3 +121,30 @@ def test_curl_with_gearman_cli_worker(http_server: Tuple[Server, int]) -> None:
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_differential_foreground_post_matches_c(server_factory: Callable[..., Server]) -> None:
+    """The same POST answered by C gearmand and by ours: identical bytes apart from the
+    version in the Server header."""
+    require("/usr/sbin/gearmand", "differential HTTP test needs Debian's gearman-job-server")
+    require("/usr/bin/gearman", "the worker is libgearman's gearman CLI")
+    answers = []
+    for impl in ("c", "py"):
+        port = free_low_port()
+        srv = server_factory("-t", "0", "-r", "http", "--http-port", str(port), impl=impl)
+        worker = subprocess.Popen(["/usr/bin/gearman", "-h", "127.0.0.1", "-p", str(srv.port),
+                                   "-w", "-c", "1", "-f", "rev", "--", "rev"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            with Conn(srv.port) as admin:
+                while b"rev\t0\t0\t1" not in admin.admin("status"):
+                    assert time.monotonic() < deadline, "worker did not register"
+                    time.sleep(0.05)
+            raw = http(port, b"POST /rev HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        finally:
+            worker.kill()
+            worker.wait()
+        answers.append(raw.replace(b"Gearman/1.1.20+ds", b"Gearman/1.1.20"))
+    assert answers[0] == answers[1]
+    assert answers[1].endswith(b"\r\n\r\nolleh")
