@@ -84,6 +84,32 @@ def require(path: str, why: str) -> None:
     pytest.skip(f"{path} not installed ({why}); CI installs it")
 
 
+def _settle_probes(port: int, deadline: float) -> None:
+    """Wait until the server has noticed that the readiness probe closed.
+
+    With -t N >= 2 a close seen by one I/O thread and a test's first request on another
+    reach the processing thread in either order, so a test listing ``workers`` could still
+    see the probe.  Poll on a fresh connection until it is the only one listed; the last
+    poll connection's own close gets a short grace period.
+    """
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"workers\r\n")
+                data = b""
+                while not data.endswith(b".\n"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError:
+            return
+        if data.count(b"\n") <= 2:          # one row (this connection) and "."
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)
+
+
 class Server:
     """A running gearmand subprocess bound to 127.0.0.1."""
 
@@ -147,10 +173,12 @@ class Server:
                     with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                         s.sendall(b"version\r\n")
                         s.settimeout(2)
-                        if s.recv(100).startswith(b"OK"):
-                            return port
+                        ready = s.recv(100).startswith(b"OK")
                 except OSError:
-                    pass
+                    ready = False
+                if ready:
+                    _settle_probes(port, deadline)
+                    return port
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"server not ready after {timeout}s: {self.args}")
