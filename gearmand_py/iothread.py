@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .engine import Output
@@ -40,6 +41,8 @@ MAX_READ_SIZE = 16 * 1024 * 1024
 PAUSE_READ_AT = 4 * 1024 * 1024
 #: Output batches up to this size are joined into one send; larger ones use sendmsg.
 JOIN_LIMIT = 256 * 1024
+#: At stop, how long (s) in total an I/O thread keeps sending replies it already holds.
+SHUTDOWN_FLUSH = 1.0
 #: Most buffers handed to one sendmsg (Linux UIO_MAXIOV is 1024).
 IOV_MAX = 512
 
@@ -329,7 +332,16 @@ class IOLoop:
         self._batch.append((conn.id, [(CLOSED, False, ())]))
 
     def _shutdown(self) -> None:
+        deadline = time.monotonic() + SHUTDOWN_FLUSH
         for conn in list(self.conns.values()):
+            try:
+                remaining = deadline - time.monotonic()
+                if conn.wq and remaining > 0:   # best effort: replies already produced
+                    conn.sock.settimeout(remaining)
+                    for buf in conn.wq:
+                        conn.sock.sendall(buf)
+            except OSError:
+                pass
             try:
                 conn.sock.close()
             except OSError:

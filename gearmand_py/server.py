@@ -203,6 +203,12 @@ class Server:
         self.sockets = []
         self.http_sockets = []
 
+    def _join(self, thread: threading.Thread) -> None:
+        thread.join(JOIN_TIMEOUT)
+        if thread.is_alive():
+            log.error("thread %s did not stop in %.0fs", thread.name, JOIN_TIMEOUT)
+            self.exit_code = 1
+
     def _crashed(self, exc: BaseException) -> None:
         log.critical("thread %s died: %r; stopping the server", threading.current_thread().name,
                      exc, exc_info=exc)
@@ -211,16 +217,19 @@ class Server:
 
     def _close_all(self) -> None:
         self._close_listeners()
+        # The processing thread stops first and hands its last replies to the I/O threads
+        # (a graceful stop fires from inside the batch whose WORK_COMPLETE is still to be
+        # delivered); each I/O thread's inbox is FIFO, so those replies are sent before it
+        # reads its own stop message.
+        if self.proc_thread is not None:
+            self.proc_thread.post(STOP)
+            self._join(self.proc_thread)
         for loop in self.loops:
             if self.threads:
                 loop.mailbox.put((MSG_STOP,))
-        if self.proc_thread is not None:
-            self.proc_thread.post(STOP)
         for thread in self.threads:
-            thread.join(JOIN_TIMEOUT)
-            if thread.is_alive():
-                log.error("thread %s did not stop in %.0fs", thread.name, JOIN_TIMEOUT)
-                self.exit_code = 1
+            if thread is not self.proc_thread:
+                self._join(thread)
         if self.engine is not None:
             # --store-queue-on-shutdown (sqlite): every thread has stopped, so the backend
             # is ours; hand it the background jobs still in memory, as gearmand does at stop.
