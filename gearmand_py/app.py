@@ -144,8 +144,6 @@ def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
     logs = logsetup.configure(settings.log_file, settings.verbose, settings.syslog)
     for warning in warnings:
         log.warning("%s", warning)
-    if settings.ssl:
-        log.warning("--ssl is accepted but has no effect: this build has no SSL support")
     try:
         return _serve(settings, logs, user, listener, server_mod)
     except GearmandError as exc:
@@ -159,7 +157,10 @@ def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any, listener: An
     router = SignalRouter(logs)
     if not settings.daemon:
         router.install()         # the daemon installs them after detaching
-    log.info("Initializing Gear on port %s with SSL: false", settings.port)
+    from .tls import server_context
+    tls = server_context(settings)         # before -u: keys are usually root-only
+    log.info("Initializing Gear on port %s with SSL: %s", settings.port,
+             "true" if tls is not None else "false")
     sockets = listener.bind_listeners(settings)
     http_sockets = []
     if settings.protocol == "http":
@@ -185,7 +186,7 @@ def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any, listener: An
         if settings.pid_file:
             pid_written = proc.write_pid_file(settings.pid_file, settings.pid_file_is_default)
         log.info("Starting up with pid %d, verbose is set to %s", os.getpid(), settings.verbose)
-        server = server_mod.Server(settings, sockets, http_sockets)
+        server = server_mod.Server(settings, sockets, http_sockets, tls)
         server.start()
         router.attach(server)
     except BaseException as exc:

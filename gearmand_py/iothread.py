@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import ssl
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 from .engine import Output
 from .listener import accept_all
@@ -65,7 +66,8 @@ EV_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLR
 
 
 class Connection:
-    __slots__ = ("id", "sock", "fd", "decoder", "http", "wq", "wlen", "close_after", "events")
+    __slots__ = ("id", "sock", "fd", "decoder", "http", "wq", "wlen", "close_after", "events",
+                 "tls", "handshaking")
 
     def __init__(self, conn_id: int, sock: socket.socket, max_packet: int,
                  http: bool = False) -> None:
@@ -74,6 +76,8 @@ class Connection:
         self.fd = sock.fileno()
         self.decoder = Decoder(max_packet)
         self.http = HttpSession(max_packet) if http else None
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.handshaking = self.tls
         self.wq: List[Buffer] = []     # output the socket has not taken yet
         self.wlen = 0
         self.close_after = False
@@ -88,7 +92,8 @@ class IOLoop:
                  processor: Optional[Processor] = None,
                  listeners: Sequence[socket.socket] = (),
                  http_listeners: Sequence[socket.socket] = (),
-                 next_conn_id: Optional[Callable[[], int]] = None) -> None:
+                 next_conn_id: Optional[Callable[[], int]] = None,
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self.io_id = io_id
         self.max_packet = max_packet
         self.max_output = max(4 * max_packet, 64 * 1024 * 1024)
@@ -96,6 +101,7 @@ class IOLoop:
         self.processor = processor
         self.listeners = list(listeners) + list(http_listeners)
         self.http_fds = {s.fileno() for s in http_listeners}
+        self.tls = tls
         self.next_conn_id = next_conn_id
         self.mailbox = Mailbox()
         self.epoll = select.epoll()
@@ -132,6 +138,9 @@ class IOLoop:
                 if data is None:
                     continue
                 if data.__class__ is Connection:
+                    if data.handshaking:  # type: ignore[attr-defined]
+                        self._handshake(data)  # type: ignore[arg-type]
+                        continue
                     if mask & EV_WRITE:
                         self._flush_pending(data)  # type: ignore[arg-type]
                     if mask & EV_READABLE:
@@ -179,7 +188,12 @@ class IOLoop:
         size = READ_SIZE if missing <= READ_SIZE else min(missing, MAX_READ_SIZE)
         try:
             data = conn.sock.recv(size)
-        except (BlockingIOError, InterruptedError):
+            if conn.tls and data:
+                tls_sock = cast(ssl.SSLSocket, conn.sock)
+                while tls_sock.pending():       # decrypted bytes epoll cannot see
+                    data += tls_sock.recv(tls_sock.pending())
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
             return
         except OSError:
             data = b""
@@ -189,6 +203,29 @@ class IOLoop:
         events = conn.decoder.feed(data) if conn.http is None else conn.http.feed(data)
         if events:
             self._batch.append((conn.id, events))
+
+    def _handshake(self, conn: Connection) -> None:
+        """Drive a TLS handshake without blocking; then serve the connection as usual."""
+        try:
+            conn.sock.do_handshake()  # type: ignore[attr-defined]
+        except ssl.SSLWantReadError:
+            self._want(conn, EV_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(conn, EV_READ | EV_WRITE)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            log.info("TLS handshake failed: %s", exc)
+            self._drop(conn)
+            return
+        conn.handshaking = False
+        self._update_interest(conn)
+        self._read(conn)                       # the client may have sent requests already
+
+    def _want(self, conn: Connection, events: int) -> None:
+        if events != conn.events:
+            conn.events = events
+            self.epoll.modify(conn.fd, events)
 
     def _mailbox(self) -> None:
         for msg in self.mailbox.drain():
@@ -210,6 +247,14 @@ class IOLoop:
 
     def _add(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int],
              http: bool = False) -> None:
+        if self.tls is not None and not http:
+            try:
+                sock = self.tls.wrap_socket(sock, server_side=True,
+                                            do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError) as exc:
+                log.info("TLS set-up failed for %s:%d: %s", addr[0], addr[1], exc)
+                sock.close()
+                return
         conn = Connection(conn_id, sock, self.max_packet, http)
         self.conns[conn_id] = conn
         self._register(conn.fd, EV_READ, conn)
@@ -272,7 +317,7 @@ class IOLoop:
             data: Buffer = bufs[0]
         else:
             total = sum(map(len, bufs))
-            data = b"".join(bufs) if total <= JOIN_LIMIT else b""
+            data = b"".join(bufs) if total <= JOIN_LIMIT or conn.tls else b""
         try:
             if len(bufs) == 1 or data:
                 sent = conn.sock.send(data)
@@ -283,7 +328,8 @@ class IOLoop:
                 bufs = [data]
             else:
                 sent = conn.sock.sendmsg(list(bufs[:IOV_MAX]))
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
             sent = 0
         except OSError:
             self._drop(conn)

@@ -53,7 +53,9 @@ DIFFERENCES = [
     "options are accepted.",
     "A GEARMAND_PORT value of the form tcp://host:port (as Kubernetes sets it) is ignored "
     "with a warning.",
-    "--ssl and its file options are accepted and have no effect, as in Debian's build.",
+    "--ssl turns on TLS for the Gear port with the certificate, key and CA file options "
+    "(Debian's C build accepts them and stays plaintext); clients are not asked for "
+    "certificates, as in gearmand.",
     "--max-packet-size is an extension.",
 ]
 

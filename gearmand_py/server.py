@@ -15,6 +15,7 @@ import itertools
 import logging
 import selectors
 import socket
+import ssl
 import threading
 from typing import Callable, List, Optional, Sequence
 
@@ -41,8 +42,10 @@ GC_THRESHOLDS = (50_000, 50, 100)
 
 class Server:
     def __init__(self, settings: Settings, sockets: Sequence[socket.socket],
-                 http_sockets: Sequence[socket.socket] = ()) -> None:
+                 http_sockets: Sequence[socket.socket] = (),
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self.settings = settings
+        self.tls = tls
         self.sockets = list(sockets)
         self.http_sockets = list(http_sockets)
         self.exit_code = 0
@@ -76,19 +79,20 @@ class Server:
         max_packet = settings.max_packet_size
         if threads == 0:
             loop = IOLoop(0, max_packet, listeners=self.sockets,
-                          http_listeners=self.http_sockets, next_conn_id=self._next_id)
+                          http_listeners=self.http_sockets, next_conn_id=self._next_id,
+                          tls=self.tls)
             self.processor = Processor(engine, loop.deliver_inline)
             loop.processor = self.processor
             self.loops = [loop]
             return
         self._mailbox = Mailbox()
         if threads == 1:
-            loop = IOLoop(1, max_packet)
+            loop = IOLoop(1, max_packet, tls=self.tls)
             self.processor = Processor(engine, loop.deliver_inline)
             loop.processor = self.processor
             self.loops = [loop]
         else:
-            self.loops = [IOLoop(i, max_packet) for i in range(1, threads + 1)]
+            self.loops = [IOLoop(i, max_packet, tls=self.tls) for i in range(1, threads + 1)]
             loops = self.loops
             self.processor = Processor(engine, lambda io_id, items: loops[io_id - 1].deliver(
                 io_id, items))

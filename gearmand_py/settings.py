@@ -26,6 +26,9 @@ DEFAULT_CONFIG_FILE = "/etc/gearmand.conf"
 #: Debian's init script and unit always pass --log-file, so they are unaffected.
 DEFAULT_LOG_FILE = "stderr"
 DEFAULT_PID_FILE = "/var/gearmand.pid"
+DEFAULT_SSL_CA = "/etc/ssl/certs/gearmand-ca.pem"
+DEFAULT_SSL_CERT = "/etc/ssl/certs/gearmand.pem"
+DEFAULT_SSL_KEY = "/etc/ssl/certs/gearmand.key"
 DEFAULT_PORT = "4730"
 #: More I/O threads than this is a typo (gearmand would wrap -t -1 to 4294967295).
 MAX_THREADS = 1024
@@ -69,10 +72,10 @@ class Settings:
     user: Optional[str] = None
     file_descriptors: int = 0             # 0 = leave RLIMIT_NOFILE alone
     coredump: bool = False
-    ssl: bool = False                     # accepted, no effect (like Debian's build)
-    ssl_ca_file: str = "/etc/ssl/certs/gearmand-ca.pem"
-    ssl_certificate: str = "/etc/ssl/certs/gearmand.pem"
-    ssl_key: str = "/etc/ssl/certs/gearmand.key"
+    ssl: bool = False                     # TLS on the Gear port (gearmand_py/tls.py)
+    ssl_ca_file: str = DEFAULT_SSL_CA
+    ssl_certificate: str = DEFAULT_SSL_CERT
+    ssl_key: str = DEFAULT_SSL_KEY
     config_file: str = DEFAULT_CONFIG_FILE
 
     def queue_option(self, name: str, default: Optional[str] = None) -> Optional[str]:
@@ -239,11 +242,12 @@ OPTIONS: List[Option] = [
     _o("port", "p", "str", DEFAULT_PORT,
        "Port the server should listen on. The environment variable GEARMAND_PORT replaces "
        "the default 4730.", section="Gear"),
-    _o("ssl", None, SWITCH, None, "Enable ssl connections. (Accepted; no effect in this "
-       "build, as in Debian's gearmand.)", section="Gear"),
-    _o("ssl-ca-file", None, "str", None, "CA file. (no effect)", section="Gear"),
-    _o("ssl-certificate", None, "str", None, "SSL certificate. (no effect)", section="Gear"),
-    _o("ssl-key", None, "str", None, "SSL key for certificate. (no effect)", section="Gear"),
+    _o("ssl", None, SWITCH, None, "Enable ssl connections (TLS on the Gear port; the "
+       "environment variables GEARMAND_SERVER_PEM, GEARMAND_SERVER_KEY and "
+       "GEARMAND_CA_CERTIFICATE override the files).", section="Gear"),
+    _o("ssl-ca-file", None, "str", DEFAULT_SSL_CA, "CA file.", section="Gear"),
+    _o("ssl-certificate", None, "str", DEFAULT_SSL_CERT, "SSL certificate.", section="Gear"),
+    _o("ssl-key", None, "str", DEFAULT_SSL_KEY, "SSL key for certificate.", section="Gear"),
     # queue modules
     _q("libmemcached-servers", "str", None, "List of Memcached servers to use.",
        "libmemcached"),
@@ -565,6 +569,8 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
         daemon=bool(v["daemon"]), round_robin=bool(v["round-robin"]),
         exceptions=bool(v["exceptions"]), syslog=bool(v["syslog"]),
         keepalive=bool(v["keepalive"]), coredump=bool(v["coredump"]), ssl=bool(v["ssl"]),
+        ssl_ca_file=str(v["ssl-ca-file"]), ssl_certificate=str(v["ssl-certificate"]),
+        ssl_key=str(v["ssl-key"]),
         store_queue_on_shutdown=bool(v["store-queue-on-shutdown"]),
         file_descriptors=int(v["file-descriptors"] or 0),  # type: ignore[call-overload]
         queue_options=queue_options,

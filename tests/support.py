@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -114,8 +115,10 @@ class Server:
     """A running gearmand subprocess bound to 127.0.0.1."""
 
     def __init__(self, args: Sequence[str] = (), impl: str = "py", timeout: float = 20.0,
-                 env: Optional[dict] = None) -> None:
+                 env: Optional[dict] = None, ready_tls: Optional[str] = None) -> None:
+        """``ready_tls``: the CA file to trust when the server speaks TLS (--ssl)."""
         self.impl = impl
+        self.ready_tls = ready_tls
         self.tmpdir = tempfile.mkdtemp(prefix="gearmand-test-")
         self.log_path = os.path.join(self.tmpdir, "gearmand.log")
         self.pid_path = os.path.join(self.tmpdir, "gearmand.pid")
@@ -170,18 +173,27 @@ class Server:
                 port = found[0] if found else None
             if port is not None:
                 try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    with self._probe(port) as s:
                         s.sendall(b"version\r\n")
                         s.settimeout(2)
                         ready = s.recv(100).startswith(b"OK")
                 except OSError:
                     ready = False
                 if ready:
-                    _settle_probes(port, deadline)
+                    if self.ready_tls is None:
+                        _settle_probes(port, deadline)
                     return port
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"server not ready after {timeout}s: {self.args}")
+
+    def _probe(self, port: int) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+        if self.ready_tls is None:
+            return sock
+        ctx = ssl.create_default_context(cafile=self.ready_tls)
+        ctx.check_hostname = False
+        return ctx.wrap_socket(sock, server_hostname="localhost")
 
     @property
     def pid(self) -> int:
