@@ -34,6 +34,24 @@ def py_gearmand_cmd() -> List[str]:
     return [sys.executable, "-m", "gearmand_py"]
 
 
+def read_text(path: str) -> str:
+    """A file's text, or "" when it does not exist (logs, pid files)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def listening_ports(pid: int) -> List[int]:
     """TCP ports a process listens on, from /proc (works at any --verbose level)."""
     inodes = set()

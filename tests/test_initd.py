@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from gearproto import Conn, wait_for  # noqa: E402
-from support import free_low_port, py_gearmand_cmd  # noqa: E402
+from support import free_low_port, pid_alive, py_gearmand_cmd, read_text, require  # noqa: E402,E501
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(REPO, "conf")
@@ -29,24 +29,13 @@ INIT = os.path.join(CONF, "gearman-job-server.init")
 IS_ROOT = os.geteuid() == 0
 DEBIAN_PARAMS = "--listen=localhost --daemon --log-file=/var/log/gearman-job-server/gearmand.log"
 
-pytestmark = pytest.mark.skipif(shutil.which("start-stop-daemon") is None,
-                                reason="needs start-stop-daemon (dpkg)")
+@pytest.fixture(autouse=True)
+def _start_stop_daemon() -> None:
+    require("start-stop-daemon", "the init script runs start-stop-daemon (dpkg)")
 
 
-def read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class Service:
@@ -81,7 +70,7 @@ class Service:
                               timeout=90, env=env, stdin=subprocess.DEVNULL)
 
     def pid(self) -> int:
-        return int(read(self.pid_file).strip() or 0)
+        return int(read_text(self.pid_file).strip() or 0)
 
     def serving(self) -> bool:
         try:
@@ -98,7 +87,7 @@ def service() -> Iterator[Service]:
     svc = Service(root)
     yield svc
     pid = svc.pid()
-    if pid and alive(pid):
+    if pid and pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
     shutil.rmtree(root, ignore_errors=True)
 
@@ -109,12 +98,12 @@ def test_init_script_lifecycle(service: Service) -> None:
     assert started.returncode == 0, started.stdout + started.stderr
     # the launcher returned only when ready: pid file and port are there at once
     pid = service.pid()
-    assert pid and alive(pid)
+    assert pid and pid_alive(pid)
     assert service.serving()
-    assert read(f"/proc/{pid}/comm").strip() == "gearmand"
+    assert read_text(f"/proc/{pid}/comm").strip() == "gearmand"
     if IS_ROOT:
         uid = str(pwd.getpwnam("nobody").pw_uid)
-        uids = [ln.split()[1:] for ln in read(f"/proc/{pid}/status").splitlines()
+        uids = [ln.split()[1:] for ln in read_text(f"/proc/{pid}/status").splitlines()
                 if ln.startswith("Uid:")][0]
         assert uids == [uid] * 4
     again = service("start")
@@ -122,23 +111,23 @@ def test_init_script_lifecycle(service: Service) -> None:
     status = service("status")
     assert status.returncode == 0, status.stdout
     assert service("reload").returncode == 0
-    assert wait_for(lambda: " NOTICE SIGHUP, reopening log file\n" in read(service.log), 10)
-    assert alive(pid) and service.serving()
+    assert wait_for(lambda: " NOTICE SIGHUP, reopening log file\n" in read_text(service.log), 10)
+    assert pid_alive(pid) and service.serving()
     restarted = service("restart")
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     new_pid = service.pid()
-    assert new_pid != pid and not alive(pid) and alive(new_pid)
+    assert new_pid != pid and not pid_alive(pid) and pid_alive(new_pid)
     assert wait_for(service.serving, 10)
     graceful = service("graceful-stop")
     assert graceful.returncode == 0, graceful.stdout + graceful.stderr
-    assert not alive(new_pid)
+    assert not pid_alive(new_pid)
     assert not os.path.exists(service.pid_file)
     assert service("status").returncode == 3
     assert service("start").returncode == 0
     last = service.pid()
     stopped = service("stop")
     assert stopped.returncode == 0
-    assert not alive(last) and not os.path.exists(service.pid_file)
+    assert not pid_alive(last) and not os.path.exists(service.pid_file)
     assert service("stop").returncode == 0                   # --oknodo
 
 
@@ -156,11 +145,11 @@ def test_graceful_stop_waits_for_running_job(service: Service) -> None:
     stopping = subprocess.Popen(["sh", INIT, "graceful-stop"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     time.sleep(1.0)
-    assert stopping.poll() is None and alive(pid)      # still waiting for the job
+    assert stopping.poll() is None and pid_alive(pid)      # still waiting for the job
     worker.send("WORK_COMPLETE", handle, b"ok")
     assert client.expect("WORK_COMPLETE").args[1] == b"ok"
     assert stopping.wait(30) == 0
-    assert not alive(pid)
+    assert not pid_alive(pid)
     stopping.stdout.close()  # type: ignore[union-attr]
     worker.close()
     client.close()
@@ -200,7 +189,7 @@ def test_usage(service: Service) -> None:
 
 
 def test_defaults_file_matches_debian_and_is_plain_assignments() -> None:
-    text = read(os.path.join(CONF, "gearman-job-server.default"))
+    text = read_text(os.path.join(CONF, "gearman-job-server.default"))
     assert f'PARAMS="{DEBIAN_PARAMS}"' in text
     for line in text.splitlines():   # systemd EnvironmentFile= needs NAME="value" lines
         assert not line.strip() or line.startswith("#") or re.match(r'^[A-Z_]+="[^"]*"$', line)
@@ -208,7 +197,7 @@ def test_defaults_file_matches_debian_and_is_plain_assignments() -> None:
 
 def test_example_config_file_is_valid() -> None:
     path = os.path.join(CONF, "gearmand.conf")
-    text = read(path)
+    text = read_text(path)
     env = dict(os.environ, PYTHONPATH=REPO)
     run = subprocess.run(py_gearmand_cmd() + ["--check-args", f"--config-file={path}"],
                          capture_output=True, text=True, timeout=30, env=env)
@@ -223,7 +212,7 @@ def test_example_config_file_is_valid() -> None:
 
 
 def test_systemd_unit_and_logrotate() -> None:
-    unit = read(os.path.join(CONF, "gearman-job-server.service"))
+    unit = read_text(os.path.join(CONF, "gearman-job-server.service"))
     fields: Dict[str, str] = {}
     for line in unit.splitlines():
         if "=" in line and not line.startswith("#"):
@@ -236,7 +225,7 @@ def test_systemd_unit_and_logrotate() -> None:
     if shutil.which("systemd-analyze"):
         subprocess.run(["systemd-analyze", "verify", os.path.join(
             CONF, "gearman-job-server.service")], capture_output=True, timeout=30)
-    rotate = read(os.path.join(CONF, "gearman-job-server.logrotate"))
+    rotate = read_text(os.path.join(CONF, "gearman-job-server.logrotate"))
     assert "kill -HUP" in rotate and "/run/gearman/gearmand.pid" in rotate
     if shutil.which("logrotate"):
         tmp = tempfile.mkdtemp()

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from gearproto import Conn, wait_for  # noqa: E402
-from support import free_low_port, require  # noqa: E402
+from support import free_low_port, pid_alive, read_text, require  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBIAN_INIT = "/etc/init.d/gearman-job-server"
@@ -33,20 +33,8 @@ def env() -> Dict[str, str]:
     return e
 
 
-def read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def serving(port: int) -> bool:
@@ -170,20 +158,20 @@ def test_daemon_exe_is_the_launcher(launcher: str, workdir: str) -> None:
                               "-P", pid_file], capture_output=True, text=True, timeout=30,
                              env=env(), stdin=subprocess.DEVNULL)
     assert started.returncode == 0, started.stderr
-    pid = int(read(pid_file).strip())            # written before the launcher returned
+    pid = int(read_text(pid_file).strip())            # written before the launcher returned
     try:
         assert os.readlink(f"/proc/{pid}/exe") == os.path.realpath(launcher)
-        assert read(f"/proc/{pid}/comm").strip() == "gearmand"
-        assert read(f"/proc/{pid}/cmdline").split("\0")[0] == launcher
+        assert read_text(f"/proc/{pid}/comm").strip() == "gearmand"
+        assert read_text(f"/proc/{pid}/cmdline").split("\0")[0] == launcher
         assert serving(port)
         found = subprocess.run(["start-stop-daemon", "--stop", "--test", "--exec", launcher,
                                 "--pidfile", pid_file], capture_output=True, text=True,
                                timeout=30, env=env())
         assert found.returncode == 0, found.stdout + found.stderr   # 0: it would stop it
     finally:
-        if alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
-    assert wait_for(lambda: not alive(pid), 10)
+    assert wait_for(lambda: not pid_alive(pid), 10)
     assert not os.path.exists(pid_file)
 
 
@@ -204,7 +192,7 @@ class DebianService:
             f.write(f'PARAMS="--listen=127.0.0.1 --port={self.port} --daemon '
                     f'--log-file={self.log}"\n')
         user = pwd.getpwuid(os.getuid()).pw_name
-        script = read(DEBIAN_INIT)
+        script = read_text(DEBIAN_INIT)
         for old, new in (("DAEMON=${exec_prefix}/sbin/${NAME}", f"DAEMON={self.daemon}"),
                          ("PIDDIR=/run/gearman", f"PIDDIR={self.piddir}"),
                          ('GEARMANUSER="gearman"', f'GEARMANUSER="{user}"'),
@@ -221,7 +209,7 @@ class DebianService:
                               timeout=60, env=env(), stdin=subprocess.DEVNULL)
 
     def pid(self) -> int:
-        return int(read(self.pid_file).strip() or 0)
+        return int(read_text(self.pid_file).strip() or 0)
 
 
 def test_debian_init_script_flow(launcher: str, workdir: str) -> None:
@@ -235,9 +223,9 @@ def test_debian_init_script_flow(launcher: str, workdir: str) -> None:
     started = svc("start")
     assert started.returncode == 0, started.stdout + started.stderr
     pid = svc.pid()                              # --daemon: ready before start returned
-    assert pid and alive(pid) and serving(svc.port)
+    assert pid and pid_alive(pid) and serving(svc.port)
     assert os.readlink(f"/proc/{pid}/exe") == os.path.realpath(svc.daemon)
-    assert read(f"/proc/{pid}/comm").strip() == "gearmand"
+    assert read_text(f"/proc/{pid}/comm").strip() == "gearmand"
     assert os.path.exists(svc.log)               # PARAMS' --log-file was used
 
     status = svc("status")
@@ -246,7 +234,7 @@ def test_debian_init_script_flow(launcher: str, workdir: str) -> None:
 
     stopped = svc("stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert wait_for(lambda: not alive(pid), 10)
+    assert wait_for(lambda: not pid_alive(pid), 10)
     assert wait_for(lambda: port_closed(svc.port), 5)
     assert not os.path.exists(svc.pid_file)
     assert svc("status").returncode == 3        # LSB: not running
@@ -260,15 +248,15 @@ def test_debian_init_script_flow(launcher: str, workdir: str) -> None:
         # --exec refuses while the old process still exists: C gearmand loses this race
         # too (a few ms either way).  Only that failure is allowed; the retry must work.
         assert "already running" in restarted.stdout, restarted.stdout + restarted.stderr
-        assert wait_for(lambda: not alive(first), 10)
+        assert wait_for(lambda: not pid_alive(first), 10)
         retried = svc("start")
         assert retried.returncode == 0, retried.stdout + retried.stderr
     second = svc.pid()
-    assert second != first and not alive(first) and alive(second)
+    assert second != first and not pid_alive(first) and pid_alive(second)
     assert serving(svc.port)
     assert os.readlink(f"/proc/{second}/exe") == os.path.realpath(svc.daemon)
 
     assert svc("stop").returncode == 0
-    assert wait_for(lambda: not alive(second), 10)
+    assert wait_for(lambda: not pid_alive(second), 10)
     assert wait_for(lambda: port_closed(svc.port), 5)
     assert pids_running(os.path.realpath(svc.daemon)) == []

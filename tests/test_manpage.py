@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
+
+from support import require
 
 from gearmand_py import manpage
 from gearmand_py.settings import OPTIONS
@@ -49,8 +50,7 @@ def test_every_option_and_section_documented() -> None:
 def test_pages_render_without_warnings(page: str) -> None:
     path = os.path.join(REPO, "man", page)
     assert os.path.exists(path)
-    if shutil.which("groff") is None:
-        pytest.skip("groff not installed")
+    require("groff", "rendering check of the man pages (groff-base comes with man-db)")
     run = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", path], capture_output=True,
                          text=True, timeout=30)
     assert run.returncode == 0 and run.stderr == "", run.stderr

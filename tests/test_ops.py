@@ -21,7 +21,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from gearproto import Conn, submit, wait_for  # noqa: E402
-from support import C_GEARMAND, free_low_port, py_gearmand_cmd, require  # noqa: E402
+from support import (C_GEARMAND, free_low_port, pid_alive, py_gearmand_cmd,  # noqa: E402
+                     read_text, require)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LISTEN_RE = re.compile(r"Listening on 127\.0\.0\.1:(\d+) \(\d+\)")
@@ -42,20 +43,8 @@ def cmd(impl: str = "py") -> List[str]:
     return py_gearmand_cmd() if impl == "py" else [C_GEARMAND]
 
 
-def read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def port_open(port: int) -> bool:
@@ -92,7 +81,7 @@ class Proc:
     def wait_port(self, timeout: float = 20.0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = LISTEN_RE.search(read(self.log))
+            m = LISTEN_RE.search(read_text(self.log))
             port = self.fixed_port or (int(m.group(1)) if m else None)
             if port and port_open(port):
                 return port
@@ -156,10 +145,10 @@ def test_daemon_ready_pid_file_log_rotation_and_stop(tmp_path) -> None:  # type:
     launched = launch_daemon(tmp)
     assert (launched.returncode, launched.stdout, launched.stderr) == (0, "", "")
     # the launcher returned only once the daemon was ready: pid file and port are there now
-    pid = int(read(pid_file))
+    pid = int(read_text(pid_file))
     try:
-        assert read(pid_file) == f"{pid}\n"
-        port = int(LISTEN_RE.search(read(log)).group(1))  # type: ignore[union-attr]
+        assert read_text(pid_file) == f"{pid}\n"
+        port = int(LISTEN_RE.search(read_text(log)).group(1))  # type: ignore[union-attr]
         assert version_ok(port)
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().split(") ", 1)[1].split()
@@ -172,26 +161,26 @@ def test_daemon_ready_pid_file_log_rotation_and_stop(tmp_path) -> None:  # type:
         # logrotate: rename, SIGHUP, the server writes gearmand's NOTICE line to a new file
         os.rename(log, log1)
         os.kill(pid, signal.SIGHUP)
-        assert wait_for(lambda: " NOTICE SIGHUP, reopening log file\n" in read(log), 10)
-        assert read(log).startswith(" NOTICE SIGHUP, reopening log file\n")
+        assert wait_for(lambda: " NOTICE SIGHUP, reopening log file\n" in read_text(log), 10)
+        assert read_text(log).startswith(" NOTICE SIGHUP, reopening log file\n")
         assert version_ok(port)                           # still serving after SIGHUP
-        assert wait_for(lambda: "Accepted connection" in read(log), 5)   # new lines: new file
-        assert read(log1).count("Accepted connection") == 1              # only the first
+        assert wait_for(lambda: "Accepted connection" in read_text(log), 5)   # new lines: new file
+        assert read_text(log1).count("Accepted connection") == 1              # only the first
     finally:
         assert stop_pid(pid)
     assert not os.path.exists(pid_file)
     assert not port_open(port)
-    assert "Shutdown complete" in read(log)
+    assert "Shutdown complete" in read_text(log)
 
 
 def test_sighup_line_written_at_default_verbosity(tmp_path, procs) -> None:  # type: ignore
     p = Proc(str(tmp_path), verbose="ERROR")
     procs.append(p)
     assert wait_for(lambda: os.path.exists(p.pid_file), 10)
-    assert read(p.log) == ""
+    assert read_text(p.log) == ""
     os.rename(p.log, p.log + ".1")
     p.signal(signal.SIGHUP)
-    assert wait_for(lambda: read(p.log) == " NOTICE SIGHUP, reopening log file\n", 10)
+    assert wait_for(lambda: read_text(p.log) == " NOTICE SIGHUP, reopening log file\n", 10)
     assert version_ok(p.port)
 
 
@@ -208,7 +197,7 @@ def test_daemon_start_failure_reaches_the_launcher(tmp_path, extra, expected,  #
     assert len(launched.stderr.splitlines()) == 1
     assert launched.stderr.split(": ", 1)[1].startswith(expected)
     assert not os.path.exists(os.path.join(str(tmp_path), "gearmand.pid"))
-    lines = [ln for ln in read(os.path.join(str(tmp_path), "gearmand.log")).splitlines()
+    lines = [ln for ln in read_text(os.path.join(str(tmp_path), "gearmand.log")).splitlines()
              if " ERROR " in ln]
     assert len(lines) == logged                               # once, by the daemon
     assert all(expected in ln for ln in lines)
@@ -261,7 +250,7 @@ def test_sigterm_sigint_stop_at_once(tmp_path, procs, sig, threads) -> None:  # 
     assert p.wait(10) == 0
     assert not os.path.exists(p.pid_file)
     assert not port_open(p.port)
-    assert "Shutdown complete" in read(p.log)
+    assert "Shutdown complete" in read_text(p.log)
     assert p.proc.stderr.read() == b""      # type: ignore[union-attr]
     worker.close()
     client.close()
@@ -507,7 +496,7 @@ def test_log_lines_in_gearmand_format(tmp_path, procs) -> None:  # type: ignore
     assert version_ok(p.port)
     p.signal(signal.SIGTERM)
     assert p.wait(10) == 0
-    lines = read(p.log).splitlines()
+    lines = read_text(p.log).splitlines()
     assert lines
     for line in lines:
         m = LINE_RE.match(line)
@@ -528,16 +517,16 @@ def test_debug_level_has_microseconds_and_source(tmp_path) -> None:  # type: ign
                                      "DEBUG", "-P", os.path.join(str(tmp_path), "p")],
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_for(lambda: LISTEN_RE.search(read(log)) is not None, 20)
+        assert wait_for(lambda: LISTEN_RE.search(read_text(log)) is not None, 20)
         # a WARNING with its source location, from a peer's protocol error
-        port = int(LISTEN_RE.search(read(log)).group(1))  # type: ignore[union-attr]
+        port = int(LISTEN_RE.search(read_text(log)).group(1))  # type: ignore[union-attr]
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", port), timeout=5):
                 pass
     finally:
         proc.terminate()
         proc.wait(10)
-    lines = [LINE_RE.match(ln) for ln in read(log).splitlines()]
+    lines = [LINE_RE.match(ln) for ln in read_text(log).splitlines()]
     assert all(lines)
     assert any(m.group(2) != "000000" for m in lines if m)
 
@@ -610,7 +599,7 @@ def test_gearmand_port_env_picks_the_port(tmp_path) -> None:  # type: ignore
                                      os.path.join(str(tmp_path), "p")], env=e,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_for(lambda: f"Listening on 127.0.0.1:{port} " in read(log), 20)
+        assert wait_for(lambda: f"Listening on 127.0.0.1:{port} " in read_text(log), 20)
         assert version_ok(port)
     finally:
         proc.terminate()
@@ -630,4 +619,4 @@ def test_bare_v_sets_the_log_level(tmp_path, flags, listening) -> None:  # type:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
-    assert ("Listening on 127.0.0.1:%d " % port in read(log)) == listening
+    assert ("Listening on 127.0.0.1:%d " % port in read_text(log)) == listening
