@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
-import time
 from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
-from gearproto import Conn
+from gearproto import Conn, admin, wait_for
 from support import Server, free_low_port, require
 
 
@@ -23,6 +23,22 @@ def http(port: int, request: bytes, timeout: float = 10.0) -> bytes:
             if not data:
                 return b"".join(chunks)
             chunks.append(data)
+
+
+@contextlib.contextmanager
+def cli_worker(srv: Server, function: str, *command: str) -> Iterator[None]:
+    """libgearman's `gearman -w` running ``command`` for ``function``, registered."""
+    worker = subprocess.Popen(["/usr/bin/gearman", "-h", "127.0.0.1", "-p", str(srv.port),
+                               "-w", "-f", function, "--", *command],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        registered = f"{function}\t0\t0\t1".encode()
+        assert wait_for(lambda: registered in admin(srv.port, "status")[0], 10), \
+            "worker did not register"
+        yield
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 def headers_body(raw: bytes) -> Tuple[bytes, dict, bytes]:
@@ -103,24 +119,13 @@ def test_curl_with_gearman_cli_worker(http_server: Tuple[Server, int]) -> None:
     require("/usr/bin/curl", "HTTP tests drive the server with curl")
     require("/usr/bin/gearman", "the worker is libgearman's gearman CLI")
     srv, port = http_server
-    worker = subprocess.Popen(["/usr/bin/gearman", "-h", "127.0.0.1", "-p", str(srv.port),
-                               "-w", "-f", "upper", "--", "tr", "a-z", "A-Z"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        with Conn(srv.port) as admin:
-            while b"upper\t0\t0\t1" not in admin.admin("status"):
-                assert time.monotonic() < deadline, "worker did not register"
-                time.sleep(0.05)
+    with cli_worker(srv, "upper", "tr", "a-z", "A-Z"):
         out = subprocess.run(["/usr/bin/curl", "-s", "-i", "--data-binary", "gearman",
                               f"http://127.0.0.1:{port}/upper"],
                              capture_output=True, timeout=20, check=True).stdout
-        status, hdrs, body = headers_body(out)
-        assert status == b"HTTP/1.0 200 OK"
-        assert body == b"GEARMAN"
-    finally:
-        worker.kill()
-        worker.wait()
+    status, hdrs, body = headers_body(out)
+    assert status == b"HTTP/1.0 200 OK"
+    assert body == b"GEARMAN"
 
 
 def test_differential_foreground_post_matches_c(server_factory: Callable[..., Server]) -> None:
@@ -132,19 +137,8 @@ def test_differential_foreground_post_matches_c(server_factory: Callable[..., Se
     for impl in ("c", "py"):
         port = free_low_port()
         srv = server_factory("-t", "0", "-r", "http", "--http-port", str(port), impl=impl)
-        worker = subprocess.Popen(["/usr/bin/gearman", "-h", "127.0.0.1", "-p", str(srv.port),
-                                   "-w", "-c", "1", "-f", "rev", "--", "rev"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 10
-            with Conn(srv.port) as admin:
-                while b"rev\t0\t0\t1" not in admin.admin("status"):
-                    assert time.monotonic() < deadline, "worker did not register"
-                    time.sleep(0.05)
+        with cli_worker(srv, "rev", "rev"):
             raw = http(port, b"POST /rev HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-        finally:
-            worker.kill()
-            worker.wait()
         answers.append(raw.replace(b"Gearman/1.1.20+ds", b"Gearman/1.1.20"))
     assert answers[0] == answers[1]
     assert answers[1].endswith(b"\r\n\r\nolleh")
