@@ -9,7 +9,6 @@ from its log ("Listening on 127.0.0.1:<port>") or, at quieter --verbose levels, 
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -20,6 +19,8 @@ import sys
 import tempfile
 import time
 from typing import List, Optional, Sequence
+
+from gearmand_py.bench.servers import free_port
 
 C_GEARMAND = "/usr/sbin/gearmand"
 IN_CI = bool(os.environ.get("CI"))
@@ -81,15 +82,7 @@ def listening_ports(pid: int) -> List[int]:
 
 def free_low_port() -> int:
     """A port below 32768 that is free right now (for servers that need a fixed port)."""
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below 32768")
+    return free_port()
 
 
 def require(path: str, why: str) -> None:
