@@ -6,7 +6,7 @@ split by the codec according to the command table.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from .engine import MAX_CLIENT_ID, MIN_WORKER_TIMEOUT_MS, Engine, EngineError
 from .protocol.codec import header as _header
@@ -134,21 +134,27 @@ def _grabber(cmd: int) -> Handler:
     return handle
 
 
+def _held(engine: Engine, conn: Conn, handle: bytes, not_found: bytes) -> Optional[Job]:
+    """The job this worker holds under ``handle``, or None after sending JOB_NOT_FOUND."""
+    job = conn.held.get(handle)
+    if job is None:
+        engine.error(conn, b"JOB_NOT_FOUND", not_found)
+    return job
+
+
 def _relay(cmd: int, not_found: bytes) -> Handler:
     """WORK_DATA / WORK_WARNING: forward unchanged to the job's clients."""
     def handle(engine: Engine, conn: Conn, args: Args) -> None:
-        job = conn.held.get(args[0])
+        job = _held(engine, conn, args[0], not_found)
         if job is None:
-            engine.error(conn, b"JOB_NOT_FOUND", not_found)
             return
         engine.forward(job, pack(cmd, *args))
     return handle
 
 
 def work_status(engine: Engine, conn: Conn, args: Args) -> None:
-    job = conn.held.get(args[0])
+    job = _held(engine, conn, args[0], NOT_FOUND_RESULT)
     if job is None:
-        engine.error(conn, b"JOB_NOT_FOUND", NOT_FOUND_RESULT)
         return
     job.numerator = b"%d" % (_atoi(args[1]) & 0xFFFFFFFF)
     job.denominator = b"%d" % (_atoi(args[2]) & 0xFFFFFFFF)
@@ -156,9 +162,8 @@ def work_status(engine: Engine, conn: Conn, args: Args) -> None:
 
 
 def work_complete(engine: Engine, conn: Conn, args: Args) -> None:
-    job = conn.held.get(args[0])
+    job = _held(engine, conn, args[0], NOT_FOUND_RESULT)
     if job is None:
-        engine.error(conn, b"JOB_NOT_FOUND", NOT_FOUND_RESULT)
         return
     if job.clients:
         engine.forward(job, pack(Cmd.WORK_COMPLETE, args[0], args[1]))
@@ -169,9 +174,8 @@ def work_fail(engine: Engine, conn: Conn, args: Args) -> None:
     if len(args[0]) >= MAX_LOOKUP:
         engine.error(conn, b"ARGUMENT_TOO_LARGE", HANDLE_TOO_LARGE)
         return
-    job = conn.held.get(args[0])
+    job = _held(engine, conn, args[0], NOT_FOUND_RESULT)
     if job is None:
-        engine.error(conn, b"JOB_NOT_FOUND", NOT_FOUND_RESULT)
         return
     if job.clients:
         engine.forward(job, pack(Cmd.WORK_FAIL, args[0]))
@@ -179,9 +183,8 @@ def work_fail(engine: Engine, conn: Conn, args: Args) -> None:
 
 
 def work_exception(engine: Engine, conn: Conn, args: Args) -> None:
-    job = conn.held.get(args[0])
+    job = _held(engine, conn, args[0], NOT_FOUND_EXCEPTION)
     if job is None:
-        engine.error(conn, b"JOB_NOT_FOUND", NOT_FOUND_EXCEPTION)
         return
     if job.clients:
         exc = pack(Cmd.WORK_EXCEPTION, args[0], args[1])
