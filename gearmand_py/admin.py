@@ -13,10 +13,10 @@ from urllib.parse import quote_plus
 
 from . import COMPAT_VERSION
 from .engine import Engine
-from .state import FUNCTION_BUCKETS, Conn, bucket_order
+from .state import FUNCTION_BUCKETS, Peer, bucket_order
 
 Tokens = Tuple[bytes, ...]
-AdminCommand = Callable[[Engine, Conn, Tokens], bytes]
+AdminCommand = Callable[[Engine, Peer, Tokens], bytes]
 
 OK = b"OK\r\n"
 END = b".\n"
@@ -43,20 +43,20 @@ def _functions_in_order(engine: Engine) -> list:
                   key=lambda f: bucket_order(f.name, FUNCTION_BUCKETS, f.seq))
 
 
-def status(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
+def status(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     rows = [b"%s\t%d\t%d\t%d\n" % (f.name, f.total, f.running, len(f.workers))
             for f in _functions_in_order(engine)]
     return b"".join(rows) + END
 
 
-def priority_status(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
+def priority_status(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     rows = [b"%s\t%d\t%d\t%d\t%d\n" % (f.name, len(f.queues[0]), len(f.queues[1]),
                                        len(f.queues[2]), len(f.workers))
             for f in _functions_in_order(engine)]
     return b"".join(rows) + END
 
 
-def workers(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
+def workers(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     conns = sorted(engine.conns.values(), key=lambda c: (-c.io_id, -c.seq))
     rows: List[bytes] = []
     for c in conns:
@@ -66,11 +66,11 @@ def workers(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
 
 
 def _jobs_in_order(engine: Engine, key: Callable[[object], bytes]) -> list:
-    buckets = max(engine.settings.hashtable_buckets, 1)
+    buckets = max(engine.options.hashtable_buckets, 1)
     return sorted(engine.jobs.values(), key=lambda j: bucket_order(key(j), buckets, j.seq))
 
 
-def show(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
+def show(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     args = [t.lower() for t in tokens[1:]]
     if not args:
         return unknown(tokens[0])
@@ -87,7 +87,7 @@ def show(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
     return err("UNKNOWN_SHOW_ARGUMENTS")
 
 
-def cancel(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
+def cancel(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     if len(tokens) < 3 or tokens[1].lower() != b"job":
         return unknown(tokens[0])
     if len(tokens) > 3:
@@ -95,14 +95,14 @@ def cancel(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
     return OK if engine.cancel(tokens[2]) else err("UNKNOWN_JOB")
 
 
-def create(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
+def create(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     if len(tokens) != 3 or tokens[1].lower() != b"function":
         return incomplete("create")
     engine.function(tokens[2])
     return OK
 
 
-def drop(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
+def drop(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     if len(tokens) != 3 or tokens[1].lower() != b"function":
         return incomplete("drop")
     wanted = tokens[2].lower()
@@ -122,7 +122,7 @@ def _size(token: bytes) -> int:
         return 0
 
 
-def maxqueue(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
+def maxqueue(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     if len(tokens) < 2:
         return incomplete("maxqueue")
     func = engine.functions.get(tokens[1])
@@ -139,15 +139,15 @@ def maxqueue(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
     return OK
 
 
-def getpid(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
+def getpid(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     return b"OK %d\n" % os.getpid()
 
 
-def verbose(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
-    return b"OK %s\n" % engine.verbose.encode()
+def verbose(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
+    return b"OK %s\n" % engine.options.verbose.encode()
 
 
-def version(engine: Engine, conn: Conn, tokens: Tokens) -> bytes:
+def version(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     return b"OK %s\n" % COMPAT_VERSION.encode()
 
 
@@ -166,7 +166,7 @@ COMMANDS: Dict[bytes, AdminCommand] = {
 }
 
 
-def run(engine: Engine, conn: Conn, tokens: Tokens) -> None:
+def run(engine: Engine, conn: Peer, tokens: Tokens) -> None:
     """Answer one admin line."""
     command = COMMANDS.get(tokens[0].lower()) if tokens else None
     if command is None:

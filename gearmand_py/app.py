@@ -30,8 +30,12 @@ from typing import Any, Callable, Dict, List, Sequence
 
 from . import daemon as proc
 from . import log as logsetup
-from .errors import ConfigError, GearmandError
+from . import protocol
+from .errors import GearmandError
+from .listener import Listening, bind_listeners
+from .server import Server
 from .settings import Settings
+from .threads import set_native_name
 
 log = logging.getLogger("gearmand")
 
@@ -55,9 +59,9 @@ class SignalRouter:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        self.deliver(self.SIGNALS[signum])
+        self.request(self.SIGNALS[signum])
 
-    def deliver(self, name: str) -> None:
+    def request(self, name: str) -> None:
         """Post an action from any thread or a signal handler (never runs it here)."""
         if self.server is None:
             self.pending.append(name)
@@ -73,7 +77,7 @@ class SignalRouter:
         return actions[name]
 
     def attach(self, server: Any) -> None:
-        """The server takes posts now: deliver what arrived during start-up, in order."""
+        """The server takes posts now: post what arrived during start-up, in order."""
         self.server = server
         pending, self.pending = self.pending, []
         for name in pending:
@@ -94,22 +98,10 @@ class FatalStops(logging.Handler):
             self.stop()
 
 
-def _load_core() -> Any:
-    try:
-        from . import listener, server
-    except ImportError as exc:
-        raise ConfigError(f"the server core could not be loaded: {exc}") from None
-    return listener, server
-
-
 def _name_process() -> None:
     """Show as "gearmand" in /proc/PID/comm, so ps, pgrep, pidof and start-stop-daemon
     --name find this server like the C one (the executable itself is the Python
     interpreter)."""
-    try:
-        from .threads import set_native_name
-    except ImportError:  # pragma: no cover - core not present
-        return
     set_native_name("gearmand")
 
 
@@ -139,39 +131,43 @@ def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
     _name_process()
     proc.set_fd_limit(settings.file_descriptors)
     user = proc.lookup_user(settings.user) if settings.user else None
-    listener, server_mod = _load_core()
     _preload(settings)
     logs = logsetup.configure(settings.log_file, settings.verbose, settings.syslog)
     for warning in warnings:
         log.warning("%s", warning)
     try:
-        return _serve(settings, logs, user, listener, server_mod)
+        return _serve(settings, logs, user)
     except GearmandError as exc:
         if logs.file_handler is not None and not isinstance(exc, proc.DaemonStartError):
             log.error("%s", exc)       # the operator of a daemon reads the log
         raise
 
 
-def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any, listener: Any,
-           server_mod: Any) -> int:
+def _bind(settings: Settings) -> List[Listening]:
+    """Every protocol plugin that is on: build its Port (TLS keys are read here, before
+    -u), bind its listening sockets."""
+    listening: List[Listening] = []
+    for plugin in protocol.plugins():
+        service = plugin.listen_port(settings)
+        if service is None:
+            continue
+        port = plugin.open(settings)
+        log.info("Initializing %s on port %s%s", port.name, service, port.note)
+        listening.extend((sock, port) for sock in bind_listeners(settings, service))
+    return listening
+
+
+def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any) -> int:
     router = SignalRouter(logs)
     if not settings.daemon:
         router.install()         # the daemon installs them after detaching
-    from .tls import server_context
-    tls = server_context(settings)         # before -u: keys are usually root-only
-    log.info("Initializing Gear on port %s with SSL: %s", settings.port,
-             "true" if tls is not None else "false")
-    sockets = listener.bind_listeners(settings)
-    http_sockets = []
-    if settings.protocol == "http":
-        log.info("Initializing HTTP on port %s", settings.http_port)
-        http_sockets = listener.bind_listeners(settings, port=settings.http_port)
+    listening = _bind(settings)
     if user is not None:
         logs.chown(user.pw_uid, user.pw_gid)
         proc.drop_privileges(user)
     notifier = proc.Notifier()
     if settings.daemon:
-        keep = [s.fileno() for s in sockets + http_sockets]
+        keep = [sock.fileno() for sock, _ in listening]
         if logs.fileno() is not None:
             keep.append(logs.fileno())  # type: ignore[arg-type]
         logs.before_daemon()
@@ -181,12 +177,12 @@ def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any, listener: An
     if not settings.coredump:
         faulthandler.enable(file=_crash_fd(logs), all_threads=True)
     pid_written = False
-    logging.getLogger("gearmand").addHandler(FatalStops(lambda: router.deliver("graceful")))
+    logging.getLogger("gearmand").addHandler(FatalStops(lambda: router.request("graceful")))
     try:
         if settings.pid_file:
             pid_written = proc.write_pid_file(settings.pid_file, settings.pid_file_is_default)
         log.info("Starting up with pid %d, verbose is set to %s", os.getpid(), settings.verbose)
-        server = server_mod.Server(settings, sockets, http_sockets, tls)
+        server = Server(settings, listening)
         server.start()
         router.attach(server)
     except BaseException as exc:

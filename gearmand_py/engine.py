@@ -1,11 +1,13 @@
 """The job engine: functions, jobs, workers, queues, wakeups, timers and the queue backend.
 
 Processing thread only.  Handlers (handlers.py, admin.py) call these operations; replies
-are appended to ``self.out`` per I/O thread and shipped by the processor after each batch.
+are appended to ``self.out`` per I/O thread (``Reply`` tuples of messages.py) and taken by
+the processor after each round.  It reads no settings: server.py gives it EngineOptions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import os
@@ -13,11 +15,11 @@ import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .log import NOTICE
+from .messages import Reply
 from .protocol.codec import pack
 from .protocol.commands import Cmd
 from .queues.base import QueueBackend, StoredJob
-from .settings import Settings
-from .state import NO_CLIENTS, Ability, Conn, Function, Job
+from .state import NO_CLIENTS, Ability, Function, Job, Peer
 
 log = logging.getLogger("gearmand")
 
@@ -27,9 +29,6 @@ MAX_UNIQUE = 64
 MAX_CLIENT_ID = 127
 #: CAN_DO_TIMEOUT floor (ms), as gearmand.
 MIN_WORKER_TIMEOUT_MS = 1000
-
-#: One output item: (connection id, bytes to send) or (connection id, None) = close it.
-Output = Tuple[int, Optional[bytes]]
 
 _NOOP = pack(Cmd.NOOP)
 
@@ -50,25 +49,36 @@ def default_handle_prefix() -> str:
     return "H:" + os.uname().nodename
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """The options the engine uses (built from the command line by server.py)."""
+
+    handle_prefix: str          # job handles are "<prefix>:<n>"
+    round_robin: bool           # -R: a worker's functions rotate after each assignment
+    worker_wakeup: int          # -w: sleeping workers NOOPed per job; 0 = all
+    job_retries: int            # -j: attempts before a job is dropped; 0 = no limit
+    exceptions: bool            # --exceptions: every client gets WORK_EXCEPTION
+    verbose: str                # the log level, as the admin "verbose" command shows it
+    hashtable_buckets: int      # listing order of "show jobs" (gearmand's hash table)
+
+
 class Engine:
-    def __init__(self, settings: Settings, backend: QueueBackend) -> None:
-        self.settings = settings
+    def __init__(self, options: EngineOptions, backend: QueueBackend) -> None:
+        self.options = options
         self.backend = backend
-        self.verbose = settings.verbose
-        prefix = settings.job_handle_prefix or default_handle_prefix()
-        self.handle_prefix = prefix.encode() + b":"
+        self.handle_prefix = options.handle_prefix.encode() + b":"
         self.handle_counter = 0
         self.functions: Dict[bytes, Function] = {}
         self.jobs: Dict[bytes, Job] = {}
-        self.conns: Dict[int, Conn] = {}
-        self.out: Dict[int, List[Output]] = {}
+        self.conns: Dict[int, Peer] = {}
+        self.out: Dict[int, List[Reply]] = {}
         #: Workers asleep after PRE_SLEEP that have not been sent a NOOP yet.
-        self.sleepers: Set[Conn] = set()
+        self.sleepers: Set[Peer] = set()
         self.timers: List[Tuple[float, int, int, Job, int]] = []
         self._seq = 0
-        self.round_robin = settings.round_robin
-        self.wakeup = settings.worker_wakeup
-        self.max_retries = settings.job_retries
+        self.round_robin = options.round_robin
+        self.worker_wakeup = options.worker_wakeup
+        self.max_retries = options.job_retries
         self.on_idle: Optional[Callable[[], None]] = None   # graceful-stop hook
         #: False for the builtin queue: nothing to store, skip building records.
         self.durable = getattr(backend, "durable", True)
@@ -79,18 +89,18 @@ class Engine:
         self._seq += 1
         return self._seq
 
-    def send(self, conn: Conn, data: bytes) -> None:
+    def send(self, conn: Peer, data: bytes) -> None:
         out = self.out.get(conn.io_id)
         if out is None:
             out = self.out[conn.io_id] = []
         out.append((conn.id, data))
 
-    def close(self, conn: Conn) -> None:
+    def close(self, conn: Peer) -> None:
         """Forget the connection and have its I/O thread close it after pending replies."""
         self.disconnect(conn)
         self.out.setdefault(conn.io_id, []).append((conn.id, None))
 
-    def error(self, conn: Conn, code: bytes, text: bytes) -> None:
+    def error(self, conn: Peer, code: bytes, text: bytes) -> None:
         log.warning("GEARMAN_%s:%s", code.decode(), text.decode("utf-8", "replace"))
         self.send(conn, pack(Cmd.ERROR, code, text))
 
@@ -101,12 +111,12 @@ class Engine:
         return func
 
     # ---- connections ----------------------------------------------------------------
-    def connect(self, conn_id: int, io_id: int, fd: int, ip: str, port: int) -> Conn:
-        conn = Conn(conn_id, io_id, fd, ip, port, self.next_seq(), self.settings.exceptions)
+    def connect(self, conn_id: int, io_id: int, fd: int, ip: str, port: int) -> Peer:
+        conn = Peer(conn_id, io_id, fd, ip, port, self.next_seq(), self.options.exceptions)
         self.conns[conn_id] = conn
         return conn
 
-    def disconnect(self, conn: Conn) -> None:
+    def disconnect(self, conn: Peer) -> None:
         """Peer gone: requeue what it held, detach it from what it waited on."""
         self.conns.pop(conn.id, None)
         self.sleepers.discard(conn)
@@ -118,19 +128,19 @@ class Engine:
             self.detach(job, conn)
         conn.listening.clear()
 
-    def _remove_worker(self, func: Function, conn: Conn) -> None:
+    def _remove_worker(self, func: Function, conn: Peer) -> None:
         try:
             func.workers.remove(conn)
         except ValueError:
             pass
 
     # ---- abilities ------------------------------------------------------------------
-    def can_do(self, conn: Conn, name: bytes, timeout_ms: int) -> None:
+    def can_do(self, conn: Peer, name: bytes, timeout_ms: int) -> None:
         func = self.function(name)
         conn.abilities.append(Ability(func, timeout_ms))
         func.workers.append(conn)
 
-    def cant_do(self, conn: Conn, name: bytes) -> None:
+    def cant_do(self, conn: Peer, name: bytes) -> None:
         func = self.functions.get(name)
         if func is None:
             return
@@ -140,14 +150,14 @@ class Engine:
         conn.abilities[:] = kept
         self.release_jobs(conn, func)
 
-    def reset_abilities(self, conn: Conn) -> None:
+    def reset_abilities(self, conn: Peer) -> None:
         for ability in conn.abilities:
             self._remove_worker(ability.function, conn)
         conn.abilities.clear()
         self.release_jobs(conn, None)
 
     # ---- submission -----------------------------------------------------------------
-    def submit(self, conn: Optional[Conn], name: bytes, unique: bytes, data: bytes,
+    def submit(self, conn: Optional[Peer], name: bytes, unique: bytes, data: bytes,
                priority: int, background: bool, when: int = 0, reducer: bytes = b"") -> Job:
         """Create (or coalesce into) a job; raises EngineError to refuse it.
 
@@ -196,7 +206,7 @@ class Engine:
         if when and when > time.time():
             self.add_timer(time.monotonic() + (when - time.time()), TIMER_EPOCH, job, 0)
         if func.workers:
-            self.wake(func)
+            self.wake_workers(func)
         if self.log_accepted:
             self._log_accepted(job)
         return job
@@ -218,12 +228,12 @@ class Engine:
             log.log(NOTICE, "accepted,%s,%s,%d", job.function.name.decode("utf-8", "replace"),
                     job.unique.decode("utf-8", "replace"), job.when)
 
-    def attach(self, job: Job, conn: Conn) -> None:
+    def attach(self, job: Job, conn: Peer) -> None:
         if job.handle not in conn.listening:
             job.clients = [conn, *job.clients]
             conn.listening[job.handle] = job
 
-    def detach(self, job: Job, conn: Conn) -> None:
+    def detach(self, job: Job, conn: Peer) -> None:
         job.clients = [c for c in job.clients if c is not conn]
         if not job.clients and not job.background and not job.ignored:
             self._ignore(job)
@@ -235,20 +245,21 @@ class Engine:
             del job.function.by_unique[job.key]
 
     # ---- wakeups --------------------------------------------------------------------
-    def sleep(self, conn: Conn) -> None:
+    def sleep(self, conn: Peer) -> None:
         """PRE_SLEEP found nothing to do: NOOP the worker when work arrives."""
         conn.sleeping = True
         if not conn.noop_sent:
             self.sleepers.add(conn)
 
-    def wake(self, func: Function) -> None:
+    def wake_workers(self, func: Function) -> None:
+        """NOOP the sleeping workers of ``func`` (all, or -w of them in rotation)."""
         if not self.sleepers:
             return
         workers = func.workers
         n = len(workers)
         if not n:
             return
-        limit = self.wakeup
+        limit = self.worker_wakeup
         start = func.wake_pos % n
         woken = 0
         for i in range(n):
@@ -284,7 +295,7 @@ class Engine:
                 return job
         return None
 
-    def has_due_job(self, conn: Conn) -> bool:
+    def has_due_job(self, conn: Peer) -> bool:
         now = time.time()
         for ability in conn.abilities:
             for dq in ability.function.queues:
@@ -293,7 +304,7 @@ class Engine:
                         return True
         return False
 
-    def grab(self, conn: Conn) -> Optional[Job]:
+    def grab(self, conn: Peer) -> Optional[Job]:
         conn.sleeping = False
         conn.noop_sent = False
         if self.sleepers:
@@ -321,7 +332,7 @@ class Engine:
             return job
         return None
 
-    def release_jobs(self, conn: Conn, func: Optional[Function]) -> None:
+    def release_jobs(self, conn: Peer, func: Optional[Function]) -> None:
         """Requeue the jobs a worker holds (all, or those of one function), newest first."""
         for handle in reversed(list(conn.held)):
             job = conn.held[handle]
@@ -344,7 +355,7 @@ class Engine:
             self._forget(job)
             return
         job.function.queues[job.priority].append(job)
-        self.wake(job.function)
+        self.wake_workers(job.function)
 
     # ---- results --------------------------------------------------------------------
     def forward(self, job: Job, packet: bytes) -> None:
@@ -421,5 +432,5 @@ class Engine:
                                 job.handle.decode(), job.unique.decode("utf-8", "replace"))
                     self.requeue(job)
             elif job.handle in self.jobs and job.worker is None:
-                self.wake(job.function)
+                self.wake_workers(job.function)
 

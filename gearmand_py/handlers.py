@@ -12,10 +12,10 @@ from .engine import MAX_CLIENT_ID, MIN_WORKER_TIMEOUT_MS, Engine, EngineError
 from .protocol.codec import header as _header
 from .protocol.codec import pack
 from .protocol.commands import COMMANDS, Cmd
-from .state import HIGH, LOW, NORMAL, Conn, Job
+from .state import HIGH, LOW, NORMAL, Peer, Job
 
 Args = Tuple[bytes, ...]
-Handler = Callable[[Engine, Conn, Args], None]
+Handler = Callable[[Engine, Peer, Args], None]
 
 _NO_JOB = pack(Cmd.NO_JOB)
 _NOOP = pack(Cmd.NOOP)
@@ -51,7 +51,7 @@ def _atoi(text: bytes) -> int:
 def _submitter(priority: int, background: bool) -> Handler:
     created = int(Cmd.JOB_CREATED)
 
-    def submit(engine: Engine, conn: Conn, args: Args) -> None:
+    def submit(engine: Engine, conn: Peer, args: Args) -> None:
         try:
             job = engine.submit(conn, args[0], args[1], args[2], priority, background)
         except EngineError as exc:
@@ -62,7 +62,7 @@ def _submitter(priority: int, background: bool) -> Handler:
     return submit
 
 
-def _submit(engine: Engine, conn: Conn, name: bytes, unique: bytes, data: bytes,
+def _submit(engine: Engine, conn: Peer, name: bytes, unique: bytes, data: bytes,
             priority: int, background: bool, when: int, reducer: bytes) -> None:
     try:
         job = engine.submit(conn, name, unique, data, priority, background, when, reducer)
@@ -72,7 +72,7 @@ def _submit(engine: Engine, conn: Conn, name: bytes, unique: bytes, data: bytes,
     engine.send(conn, pack(Cmd.JOB_CREATED, job.handle))
 
 
-def submit_epoch(engine: Engine, conn: Conn, args: Args) -> None:
+def submit_epoch(engine: Engine, conn: Peer, args: Args) -> None:
     when = _atoi(args[2])
     if when > 2**63 - 1 or when < -(2**63):
         engine.close(conn)
@@ -81,18 +81,18 @@ def submit_epoch(engine: Engine, conn: Conn, args: Args) -> None:
 
 
 def _reducer(background: bool) -> Handler:
-    def handle(engine: Engine, conn: Conn, args: Args) -> None:
+    def handle(engine: Engine, conn: Peer, args: Args) -> None:
         _submit(engine, conn, args[0], args[1], args[4], NORMAL, background, 0, args[2])
     return handle
 
 
 # ---- worker side --------------------------------------------------------------------
 
-def can_do(engine: Engine, conn: Conn, args: Args) -> None:
+def can_do(engine: Engine, conn: Peer, args: Args) -> None:
     engine.can_do(conn, args[0], 0)
 
 
-def can_do_timeout(engine: Engine, conn: Conn, args: Args) -> None:
+def can_do_timeout(engine: Engine, conn: Peer, args: Args) -> None:
     text = args[1]
     if len(text) > MAX_TIMEOUT_TEXT:
         engine.close(conn)
@@ -103,15 +103,15 @@ def can_do_timeout(engine: Engine, conn: Conn, args: Args) -> None:
     engine.can_do(conn, args[0], max(timeout, 0))
 
 
-def cant_do(engine: Engine, conn: Conn, args: Args) -> None:
+def cant_do(engine: Engine, conn: Peer, args: Args) -> None:
     engine.cant_do(conn, args[0])
 
 
-def reset_abilities(engine: Engine, conn: Conn, args: Args) -> None:
+def reset_abilities(engine: Engine, conn: Peer, args: Args) -> None:
     engine.reset_abilities(conn)
 
 
-def pre_sleep(engine: Engine, conn: Conn, args: Args) -> None:
+def pre_sleep(engine: Engine, conn: Peer, args: Args) -> None:
     if engine.has_due_job(conn):
         engine.send(conn, _NOOP)
     else:
@@ -128,13 +128,13 @@ def _assign_packet(cmd: int, job: Job) -> bytes:
 
 
 def _grabber(cmd: int) -> Handler:
-    def handle(engine: Engine, conn: Conn, args: Args) -> None:
+    def handle(engine: Engine, conn: Peer, args: Args) -> None:
         job = engine.grab(conn)
         engine.send(conn, _NO_JOB if job is None else _assign_packet(cmd, job))
     return handle
 
 
-def _held(engine: Engine, conn: Conn, handle: bytes, not_found: bytes) -> Optional[Job]:
+def _held(engine: Engine, conn: Peer, handle: bytes, not_found: bytes) -> Optional[Job]:
     """The job this worker holds under ``handle``, or None after sending JOB_NOT_FOUND."""
     job = conn.held.get(handle)
     if job is None:
@@ -144,7 +144,7 @@ def _held(engine: Engine, conn: Conn, handle: bytes, not_found: bytes) -> Option
 
 def _relay(cmd: int, not_found: bytes) -> Handler:
     """WORK_DATA / WORK_WARNING: forward unchanged to the job's clients."""
-    def handle(engine: Engine, conn: Conn, args: Args) -> None:
+    def handle(engine: Engine, conn: Peer, args: Args) -> None:
         job = _held(engine, conn, args[0], not_found)
         if job is None:
             return
@@ -152,7 +152,7 @@ def _relay(cmd: int, not_found: bytes) -> Handler:
     return handle
 
 
-def work_status(engine: Engine, conn: Conn, args: Args) -> None:
+def work_status(engine: Engine, conn: Peer, args: Args) -> None:
     job = _held(engine, conn, args[0], NOT_FOUND_RESULT)
     if job is None:
         return
@@ -161,7 +161,7 @@ def work_status(engine: Engine, conn: Conn, args: Args) -> None:
     engine.forward(job, pack(Cmd.WORK_STATUS, *args))
 
 
-def work_complete(engine: Engine, conn: Conn, args: Args) -> None:
+def work_complete(engine: Engine, conn: Peer, args: Args) -> None:
     job = _held(engine, conn, args[0], NOT_FOUND_RESULT)
     if job is None:
         return
@@ -170,7 +170,7 @@ def work_complete(engine: Engine, conn: Conn, args: Args) -> None:
     engine.finish(job)
 
 
-def work_fail(engine: Engine, conn: Conn, args: Args) -> None:
+def work_fail(engine: Engine, conn: Peer, args: Args) -> None:
     if len(args[0]) >= MAX_LOOKUP:
         engine.error(conn, b"ARGUMENT_TOO_LARGE", HANDLE_TOO_LARGE)
         return
@@ -182,7 +182,7 @@ def work_fail(engine: Engine, conn: Conn, args: Args) -> None:
     engine.finish(job)
 
 
-def work_exception(engine: Engine, conn: Conn, args: Args) -> None:
+def work_exception(engine: Engine, conn: Peer, args: Args) -> None:
     job = _held(engine, conn, args[0], NOT_FOUND_EXCEPTION)
     if job is None:
         return
@@ -196,7 +196,7 @@ def work_exception(engine: Engine, conn: Conn, args: Args) -> None:
 
 # ---- status and misc ----------------------------------------------------------------
 
-def get_status(engine: Engine, conn: Conn, args: Args) -> None:
+def get_status(engine: Engine, conn: Peer, args: Args) -> None:
     handle = args[0]
     job = engine.jobs.get(handle) if len(handle) < MAX_LOOKUP else None
     if job is None or job.ignored:
@@ -207,7 +207,7 @@ def get_status(engine: Engine, conn: Conn, args: Args) -> None:
                            job.numerator, job.denominator))
 
 
-def get_status_unique(engine: Engine, conn: Conn, args: Args) -> None:
+def get_status_unique(engine: Engine, conn: Peer, args: Args) -> None:
     unique = args[0]
     job = None
     if len(unique) <= MAX_LOOKUP:
@@ -223,15 +223,15 @@ def get_status_unique(engine: Engine, conn: Conn, args: Args) -> None:
                            job.numerator, job.denominator, b"%d" % len(job.clients)))
 
 
-def echo(engine: Engine, conn: Conn, args: Args) -> None:
+def echo(engine: Engine, conn: Peer, args: Args) -> None:
     engine.send(conn, pack(Cmd.ECHO_RES, args[0]))
 
 
-def set_client_id(engine: Engine, conn: Conn, args: Args) -> None:
+def set_client_id(engine: Engine, conn: Peer, args: Args) -> None:
     conn.client_id = args[0][:MAX_CLIENT_ID]
 
 
-def option_req(engine: Engine, conn: Conn, args: Args) -> None:
+def option_req(engine: Engine, conn: Peer, args: Args) -> None:
     if args[0].lower() == b"exceptions":
         conn.exceptions = True
         engine.send(conn, pack(Cmd.OPTION_RES, args[0]))
@@ -239,7 +239,7 @@ def option_req(engine: Engine, conn: Conn, args: Args) -> None:
         engine.error(conn, b"UNKNOWN_OPTION", b"Server does not recognize given option")
 
 
-def not_expected(engine: Engine, conn: Conn, args: Args) -> None:
+def not_expected(engine: Engine, conn: Peer, args: Args) -> None:
     engine.error(conn, b"INVALID_COMMAND", b"Command not expected")
 
 

@@ -1,17 +1,21 @@
 """I/O loops: a selector over the connections one thread owns.
 
-Theory of operation.  Each IOLoop owns its sockets, their decoders and write buffers; no
+Theory of operation.  Each IOLoop owns its sockets, their codecs and write buffers; no
 other thread touches them.  A readable socket is read once (at most READ_SIZE bytes: larger
-``recv`` sizes cost CPython an mmap per call), its complete requests are decoded, and all
-requests of one selector round go to the processor as ONE batch ``[(conn_id, events)]``.
-Replies come back through the loop's Mailbox as lists of ``(conn_id, bytes | None)``; every
-connection's replies from one batch are joined and sent with one ``send``; only a partial
-send registers the socket for writing.  ``None`` closes the connection once its output is
-flushed.
+``recv`` sizes cost CPython an mmap per call), its codec turns the bytes into events, and
+all events of one selector round go to the processor as ONE ``Round`` (messages.py).
+Replies come back as lists of ``(conn_id, bytes | None)``; each passes through the
+connection's codec (``respond``), every connection's replies from one round are joined and
+sent with one ``send``; only a partial send registers the socket for writing.  ``None``, or
+a codec that is ``closing``, closes the connection once its output is flushed.
 
-Loops run on the "io-N" threads for ``-t N >= 1`` (the ``-t 1`` loop also runs the
-processor inline) and on the main thread for ``-t 0``, where it also owns the listening
-sockets.
+The loop knows no protocol by name: each connection holds the codec its listening socket's
+``Port`` made (protocol/__init__.py), and TLS is the Port's too.
+
+Loops run on the "io-N" threads for ``-t N >= 1`` and on the main thread for ``-t 0``,
+where the loop also owns the listening sockets.  At ``-t 0`` and ``-t 1`` the loop runs the
+processor inline (any object with ``handle``/``finish_round``/``timeout``); at ``-t N >= 2``
+it posts each round to the processing thread's inbox and reads replies from its Mailbox.
 """
 
 from __future__ import annotations
@@ -21,18 +25,30 @@ import select
 import socket
 import ssl
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
-from .engine import Output
 from .listener import accept_all
-from .processor import CLOSED, CONNECT, Batch, Processor
-from .protocol.codec import Decoder
-from .protocol.http import HttpSession
-from .wakeup import Mailbox
+from .mailbox import Mailbox
+from .messages import ADOPT, CALL, CLOSED, CONNECT, EVENTS, REPLIES, STOP, Reply, Round
+from .protocol import Port
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Protocol
+
+    from .protocol import Codec
+
+    class InlineProcessor(Protocol):
+        """What ``-t 0``/``-t 1`` loops call on the processor they run (processor.py)."""
+
+        def handle(self, io_id: int, rnd: Round) -> None: ...
+
+        def finish_round(self) -> Dict[int, List[Reply]]: ...
+
+        def timeout(self) -> Optional[float]: ...
 
 log = logging.getLogger("gearmand")
 
-#: Bytes read per recv (see design.md: above 64 KiB each call costs an mmap/munmap) ...
+#: Bytes read per recv: above 64 KiB each CPython recv call costs an mmap/munmap pair.
 READ_SIZE = 65536
 #: ... except while a large request is arriving: then read what it still lacks, up to
 #: this much, in one call.  malloc.tune() keeps such buffers off mmap, and fewer recv
@@ -48,14 +64,8 @@ SHUTDOWN_FLUSH = 1.0
 IOV_MAX = 512
 
 Buffer = Union[bytes, memoryview]
+Listening = Tuple[socket.socket, Port]
 
-# Mailbox message kinds (first tuple element).
-MSG_OUTPUT = 0      # (MSG_OUTPUT, [(conn_id, bytes | None)])
-MSG_ADD = 1         # (MSG_ADD, conn_id, socket, (ip, port), is_http)
-MSG_CALL = 2        # (MSG_CALL, fn)
-MSG_STOP = 3        # (MSG_STOP,)
-
-_LISTENER = object()
 _MAILBOX = object()
 
 
@@ -66,16 +76,18 @@ EV_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLR
 
 
 class Connection:
-    __slots__ = ("id", "sock", "fd", "decoder", "http", "wq", "wlen", "close_after", "events",
+    """A socket as its I/O thread sees it (the engine's view of the peer is state.Peer)."""
+
+    __slots__ = ("id", "sock", "fd", "addr", "codec", "wq", "wlen", "close_after", "events",
                  "tls", "handshaking")
 
-    def __init__(self, conn_id: int, sock: socket.socket, max_packet: int,
-                 http: bool = False) -> None:
+    def __init__(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int],
+                 codec: "Codec") -> None:
         self.id = conn_id
         self.sock = sock
         self.fd = sock.fileno()
-        self.decoder = Decoder(max_packet)
-        self.http = HttpSession(max_packet) if http else None
+        self.addr = addr
+        self.codec = codec
         self.tls = isinstance(sock, ssl.SSLSocket)
         self.handshaking = self.tls
         self.wq: List[Buffer] = []     # output the socket has not taken yet
@@ -85,48 +97,42 @@ class Connection:
 
 
 class IOLoop:
-    """One selector loop.  ``post`` ships a batch to the processor (unless inline)."""
+    """One selector loop.  Built whole: inline ``processor`` or ``post`` to the
+    processing thread's inbox; ``listening`` sockets only at ``-t 0``."""
 
-    def __init__(self, io_id: int, max_packet: int,
-                 post: Optional[Callable[[int, List[Batch]], None]] = None,
-                 processor: Optional[Processor] = None,
-                 listeners: Sequence[socket.socket] = (),
-                 http_listeners: Sequence[socket.socket] = (),
-                 next_conn_id: Optional[Callable[[], int]] = None,
-                 tls: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(self, io_id: int, max_output: int, *,
+                 processor: "Optional[InlineProcessor]" = None,
+                 post: Optional[Callable[[Tuple[Any, ...]], None]] = None,
+                 listening: Sequence[Listening] = (),
+                 next_conn_id: Optional[Callable[[], int]] = None) -> None:
+        assert (processor is None) != (post is None), "inline processor or post, not both"
         self.io_id = io_id
-        self.max_packet = max_packet
-        self.max_output = max(4 * max_packet, 64 * 1024 * 1024)
-        self.post = post
+        self.max_output = max_output
         self.processor = processor
-        self.listeners = list(listeners) + list(http_listeners)
-        self.http_fds = {s.fileno() for s in http_listeners}
-        self.tls = tls
+        self.post = post
+        self.listening = list(listening)
         self.next_conn_id = next_conn_id
         self.mailbox = Mailbox()
         self.epoll = select.epoll()
         self.by_fd: Dict[int, object] = {}
         self.conns: Dict[int, Connection] = {}
         self.running = False
-        self._batch: List[Batch] = []
+        self._round: Round = []
         self._dirty: Dict[Connection, List[bytes]] = {}
-
-    # ---- entry points (any thread) ---------------------------------------------------
-    def deliver(self, io_id: int, items: List[Output]) -> None:
-        """Processor -> this loop (from the processing thread)."""
-        self.mailbox.put((MSG_OUTPUT, items))
-
-    def deliver_inline(self, io_id: int, items: List[Output]) -> None:
-        """Processor -> this loop when the processor runs on this very thread."""
-        self._apply_output(items)
+        self._on_message: Dict[int, Callable[[Tuple[Any, ...]], None]] = {
+            REPLIES: self._on_replies,
+            ADOPT: self._on_adopt,
+            CALL: self._on_call,
+            STOP: self._on_stop,
+        }
 
     # ---- the loop --------------------------------------------------------------------
     def run(self) -> None:
         epoll = self.epoll
         by_fd = self.by_fd
         self._register(self.mailbox.fileno(), EV_READ, _MAILBOX)
-        for lsock in self.listeners:
-            self._register(lsock.fileno(), EV_READ, lsock)
+        for listening in self.listening:
+            self._register(listening[0].fileno(), EV_READ, listening)
         self.running = True
         proc = self.processor
         poll = epoll.poll
@@ -148,7 +154,7 @@ class IOLoop:
                 elif data is _MAILBOX:
                     self._mailbox()
                 else:
-                    self._accept(data)  # type: ignore[arg-type]
+                    self._accept(*data)  # type: ignore[misc]
             self._settle()
         self._shutdown()
 
@@ -164,27 +170,27 @@ class IOLoop:
                 pass
 
     def _settle(self) -> None:
-        """Ship the round's batch, run the inline processor, send replies; repeat while
-        closing connections produced more events."""
+        """Hand the round to the processor (inline or posted), take the inline processor's
+        replies, send; repeat while closing connections produced more events."""
         proc = self.processor
         while True:
-            batch = self._batch
-            if batch:
-                self._batch = []
+            rnd = self._round
+            if rnd:
+                self._round = []
                 if proc is not None:
-                    proc.handle(self.io_id, batch)
+                    proc.handle(self.io_id, rnd)
                 else:
-                    self.post(self.io_id, batch)  # type: ignore[misc]
+                    self.post((EVENTS, self.io_id, rnd))  # type: ignore[misc]
             if proc is not None:
-                proc.run_timers()
-                proc.flush()
+                for replies in proc.finish_round().values():
+                    self._take_replies(replies)
             if self._dirty:
                 self._send_dirty()
-            if not self._batch:
+            if not self._round:
                 return
 
     def _read(self, conn: Connection) -> None:
-        missing = conn.decoder.missing
+        missing = conn.codec.missing
         size = READ_SIZE if missing <= READ_SIZE else min(missing, MAX_READ_SIZE)
         try:
             data = conn.sock.recv(size)
@@ -200,9 +206,9 @@ class IOLoop:
         if not data:
             self._drop(conn)
             return
-        events = conn.decoder.feed(data) if conn.http is None else conn.http.feed(data)
+        events = conn.codec.feed(data)
         if events:
-            self._batch.append((conn.id, events))
+            self._round.append((conn.id, events))
 
     def _handshake(self, conn: Connection) -> None:
         """Drive a TLS handshake without blocking; then serve the connection as usual."""
@@ -227,62 +233,66 @@ class IOLoop:
             conn.events = events
             self.epoll.modify(conn.fd, events)
 
+    # ---- the mailbox (messages.py: REPLIES, ADOPT, CALL, STOP) ------------------------
     def _mailbox(self) -> None:
+        on_message = self._on_message
         for msg in self.mailbox.drain():
-            kind = msg[0]
-            if kind == MSG_OUTPUT:
-                self._apply_output(msg[1])
-            elif kind == MSG_ADD:
-                self._add(msg[1], msg[2], msg[3], msg[4])
-            elif kind == MSG_CALL:
-                msg[1]()
-            elif kind == MSG_STOP:
-                self.running = False
+            on_message[msg[0]](msg)
 
-    def _accept(self, lsock: socket.socket) -> None:
+    def _on_replies(self, msg: Tuple[Any, ...]) -> None:
+        self._take_replies(msg[1])
+
+    def _on_adopt(self, msg: Tuple[Any, ...]) -> None:
+        self._adopt(msg[1], msg[2], msg[3], msg[4])
+
+    def _on_call(self, msg: Tuple[Any, ...]) -> None:
+        msg[1]()
+
+    def _on_stop(self, msg: Tuple[Any, ...]) -> None:
+        self.running = False
+
+    def _accept(self, lsock: socket.socket, port: Port) -> None:
         assert self.next_conn_id is not None
-        http = lsock.fileno() in self.http_fds
         for sock, addr in accept_all(lsock):
-            self._add(self.next_conn_id(), sock, addr, http)
+            self._adopt(self.next_conn_id(), sock, addr, port)
 
-    def _add(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int],
-             http: bool = False) -> None:
-        if self.tls is not None and not http:
+    def _adopt(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int],
+               port: Port) -> None:
+        if port.tls is not None:
             try:
-                sock = self.tls.wrap_socket(sock, server_side=True,
+                sock = port.tls.wrap_socket(sock, server_side=True,
                                             do_handshake_on_connect=False)
             except (ssl.SSLError, OSError) as exc:
                 log.info("TLS set-up failed for %s:%d: %s", addr[0], addr[1], exc)
                 sock.close()
                 return
-        conn = Connection(conn_id, sock, self.max_packet, http)
+        conn = Connection(conn_id, sock, addr, port.codec())
         self.conns[conn_id] = conn
         self._register(conn.fd, EV_READ, conn)
-        self._batch.append((conn_id, [(CONNECT, False, (sock.fileno(), addr[0], addr[1]))]))
+        self._round.append((conn_id, [(CONNECT, False, (sock.fileno(), addr[0], addr[1]))]))
 
     # ---- output ----------------------------------------------------------------------
-    def _apply_output(self, items: List[Output]) -> None:
+    def _take_replies(self, replies: List[Reply]) -> None:
+        """Queue the processor's replies for sending at the end of this round."""
         conns = self.conns
         dirty = self._dirty
-        for conn_id, data in items:
+        for conn_id, packet in replies:
             conn = conns.get(conn_id)
             if conn is None:
                 continue
-            if data is not None and conn.http is not None:
-                data = conn.http.respond(data)
-                if data is None:
+            if packet is not None:
+                codec = conn.codec
+                data = codec.respond(packet)
+                if data is not None:
+                    pending = dirty.get(conn)
+                    if pending is None:
+                        dirty[conn] = [data]
+                    else:
+                        pending.append(data)
+                if not codec.closing:
                     continue
-                dirty.setdefault(conn, []).append(data)
-                data = None
-            if data is None:
-                conn.close_after = True
-                dirty.setdefault(conn, [])
-                continue
-            pending = dirty.get(conn)
-            if pending is None:
-                dirty[conn] = [data]
-            else:
-                pending.append(data)
+            conn.close_after = True
+            dirty.setdefault(conn, [])
 
     def _send_dirty(self) -> None:
         dirty = self._dirty
@@ -375,7 +385,9 @@ class IOLoop:
             conn.sock.close()
         except OSError:
             pass
-        self._batch.append((conn.id, [(CLOSED, False, ())]))
+        if log.isEnabledFor(logging.INFO):     # as gearmand: one line per closed peer
+            log.info("Disconnected %s:%d", conn.addr[0], conn.addr[1])
+        self._round.append((conn.id, [(CLOSED, False, ())]))
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_FLUSH

@@ -1,38 +1,32 @@
-"""Listening sockets: bind every -L/-p address, accept and configure client sockets.
+"""Listening sockets: bind every -L address of a port, accept and configure client sockets.
 
 ``bind_listeners`` runs on the main thread at start-up (before daemonising and before any
 privilege drop).  ``accept_all`` runs on whichever thread owns the listening sockets: the
-"main" listener thread, or the single loop of ``-t 0``.
+``Listener`` of ``-t >= 1`` (the "main" thread, which deals accepted sockets to the I/O
+threads in turn), or the single loop of ``-t 0``.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import selectors
 import socket
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError
+from .mailbox import Mailbox
+from .messages import ADOPT, CALL
+from .protocol import Port
 from .settings import Settings
 
 log = logging.getLogger("gearmand")
 
-DEFAULT_PORT = "4730"
 #: Connections accepted per readiness event before going back to the selector.
 ACCEPT_BATCH = 64
 #: Pause (s) after accept() fails for lack of descriptors or memory.
 ACCEPT_BACKOFF = 0.1
-
-
-def _port(settings: Settings) -> str:
-    port = settings.port
-    if port == "":
-        try:
-            return str(socket.getservbyname("gearman", "tcp"))
-        except OSError:
-            return DEFAULT_PORT
-    return port
 
 
 def _keepalive(sock: socket.socket, settings: Settings) -> None:
@@ -44,13 +38,13 @@ def _keepalive(sock: socket.socket, settings: Settings) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, opt, value)
 
 
-def bind_listeners(settings: Settings, port: Optional[str] = None) -> List[socket.socket]:
-    """Bind and listen on every address of ``-L`` (all addresses when empty) and ``-p``.
+def bind_listeners(settings: Settings, service: str) -> List[socket.socket]:
+    """Bind and listen on ``service`` (a port number or name) at every address of ``-L``
+    (all addresses when empty).
 
     With port 0 the first socket picks the port and the others reuse it.  Raises
     ConfigError with a one-line message when nothing can be bound.
     """
-    service = _port(settings) if port is None else port
     hosts: List[Optional[str]] = list(settings.listen) or [None]
     sockets: List[socket.socket] = []
     seen = set()
@@ -125,3 +119,68 @@ def accept_all(lsock: socket.socket) -> List[Tuple[socket.socket, Tuple[str, int
             log.info("Accepted connection from %s:%d", addr[0], addr[1])
         accepted.append((sock, (addr[0], addr[1])))
     return accepted
+
+
+Listening = Tuple[socket.socket, Port]
+
+
+class Listener:
+    """The accept loop of ``-t >= 1`` (main thread): a selector over the listening sockets
+    and the main thread's Mailbox.  Accepted sockets go to the I/O threads' mailboxes in
+    turn (N, N-1, ..., 1, as gearmand deals them) as ADOPT messages; CALL messages run on
+    this thread (signals, crash reports, stop)."""
+
+    def __init__(self, listening: Sequence[Listening], io_mailboxes: Sequence[Mailbox],
+                 next_conn_id: Callable[[], int]) -> None:
+        self.listening = list(listening)
+        self.mailbox = Mailbox()
+        self.io_mailboxes = list(io_mailboxes)[::-1]
+        self.next_conn_id = next_conn_id
+        self.running = False
+        self._turn = 0
+        self._selector = selectors.DefaultSelector()
+
+    def run(self) -> None:
+        sel = self._selector
+        sel.register(self.mailbox.fileno(), selectors.EVENT_READ, None)
+        for listening in self.listening:
+            sel.register(listening[0], selectors.EVENT_READ, listening)
+        self.running = True
+        while self.running:
+            for key, _ in sel.select():
+                if key.data is None:
+                    self._mailbox()
+                    if not self.running:
+                        break
+                else:
+                    self._accept(*key.data)
+        sel.close()
+
+    def _mailbox(self) -> None:
+        for msg in self.mailbox.drain():
+            if msg[0] == CALL:
+                msg[1]()
+        if not self.listening:          # close_listening() ran: forget the closed sockets
+            for key in list(self._selector.get_map().values()):
+                if key.data is not None:
+                    self._selector.unregister(key.fileobj)
+
+    def _accept(self, lsock: socket.socket, port: Port) -> None:
+        mailboxes = self.io_mailboxes
+        for sock, addr in accept_all(lsock):
+            mailbox = mailboxes[self._turn % len(mailboxes)]
+            self._turn += 1
+            mailbox.put((ADOPT, self.next_conn_id(), sock, addr, port))
+
+    def close_listening(self) -> None:
+        """Stop accepting (graceful stop); on this thread."""
+        close_all(self.listening)
+        self.listening = []
+
+
+def close_all(listening: Sequence[Listening]) -> None:
+    for lsock, _ in listening:
+        try:
+            lsock.close()
+        except OSError:
+            pass

@@ -34,7 +34,6 @@ DEFAULT_PORT = "4730"
 MAX_THREADS = 1024
 #: A job handle prefix this long makes gearmand refuse to start.
 MAX_HANDLE_PREFIX = 63
-PROTOCOLS = ("http",)
 PORT_ENV = "GEARMAND_PORT"
 
 
@@ -479,6 +478,12 @@ def parse(argv: Sequence[str]) -> Options:
 
 # ---- validation -> Settings --------------------------------------------------------------
 
+def loadable_protocols() -> List[str]:
+    """The names -r accepts: the protocol plugins loaded by name."""
+    from .protocol import loadable   # plugins import this module
+    return loadable()
+
+
 def canonical_queue(name: str) -> str:
     """Validate a -q name (case-insensitive); returns it lower-cased."""
     from .queues import REGISTRY   # the lead's registry of lazily imported modules
@@ -538,7 +543,7 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
         raise ConfigError("Could not create gearmand library instance. "
                           f"(--job-handle-prefix is longer than {MAX_HANDLE_PREFIX} bytes)")
     protocol = v["protocol"]
-    if protocol is not None and protocol not in PROTOCOLS:
+    if protocol is not None and protocol not in loadable_protocols():
         raise ConfigError(f"Unknown protocol module : {protocol}")
     http_port = _check_port(str(v["http-port"]), "http-port")
     queue_type = canonical_queue(str(v["queue-type"]))

@@ -16,7 +16,8 @@ FUNCTION_BUCKETS = 991
 
 
 def gearman_hash(key: bytes) -> int:
-    """gearmand's signed 32-bit one-at-a-time hash (reference §3.4); never 0."""
+    """gearmand's signed 32-bit one-at-a-time hash (Jenkins' one-at-a-time over signed
+    chars, as gearmand's libhashkit/one_at_a_time.cc); never 0."""
     v = 0
     for b in key:
         c = b - 256 if b > 127 else b          # signed char
@@ -36,7 +37,7 @@ def bucket_order(key: bytes, buckets: int, seq: int) -> Tuple[int, int]:
     return (gearman_hash(key) % buckets, -seq)
 
 
-NO_CLIENTS: Tuple["Conn", ...] = ()
+NO_CLIENTS: Tuple["Peer", ...] = ()
 
 
 class Ability:
@@ -49,8 +50,9 @@ class Ability:
         self.timeout_ms = timeout_ms
 
 
-class Conn:
-    """A client/worker/admin connection, as known to the processing thread."""
+class Peer:
+    """A client/worker/admin connection as the processing thread knows it (the I/O thread's
+    view of the same socket is iothread.Connection; both share the connection id)."""
 
     __slots__ = ("id", "io_id", "fd", "ip", "port", "client_id", "abilities", "sleeping",
                  "noop_sent", "exceptions", "held", "listening", "seq")
@@ -80,7 +82,7 @@ class Function:
         self.name = name
         self.seq = seq
         self.queues: Tuple[Deque[Job], Deque[Job], Deque[Job]] = (deque(), deque(), deque())
-        self.workers: List[Conn] = []      # one entry per registration
+        self.workers: List[Peer] = []      # one entry per registration
         self.total = 0                     # queued + running (+ ignored not yet purged)
         self.running = 0
         self.max_queue = [0, 0, 0]         # per priority; 0 = unlimited
@@ -112,8 +114,8 @@ class Job:
         self.seq = seq
         # Attached foreground clients, newest first.  Starts as the shared empty tuple (no
         # list to allocate and GC-track per queued background job); attaching replaces it.
-        self.clients: Sequence[Conn] = NO_CLIENTS
-        self.worker: Optional[Conn] = None
+        self.clients: Sequence[Peer] = NO_CLIENTS
+        self.worker: Optional[Peer] = None
         self.numerator = b"0"
         self.denominator = b"0"
         self.retries = 0

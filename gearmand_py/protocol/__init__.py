@@ -1,1 +1,82 @@
-"""Wire protocols: the Gearman binary + admin text codec (sans-IO) and the command table."""
+"""Wire protocols as plugins on their listening sockets.
+
+A protocol is a module in this package that defines ``PLUGIN`` (a ``Plugin``).  At start-up
+the main thread asks every plugin on which port it listens (``listen_port(settings)``, None
+when it is off) and builds its ``Port``: the protocol's name, the factory of its
+per-connection codec and, for the Gear port with ``--ssl``, a TLS context.  Each listening
+socket carries its Port; the I/O thread that adopts a connection makes the codec and from
+then on knows it only through the ``Codec`` interface below, never by protocol name.
+
+Adding a protocol means one new module here (and its options in the option table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import ssl
+from typing import TYPE_CHECKING, Callable, List, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Protocol
+
+    from ..messages import Event
+    from ..settings import Settings
+
+    class Codec(Protocol):
+        """One connection's sans-IO codec; owned by the I/O thread that owns the socket."""
+
+        #: Set once the codec wants its connection closed after the replies queued so far.
+        closing: bool
+
+        @property
+        def missing(self) -> int:
+            """Bytes still to come for the request being received (0 if unknown)."""
+
+        def feed(self, data: bytes) -> List[Event]:
+            """Bytes in; the complete requests (and pseudo-events) they finish, out."""
+
+        def respond(self, packet: bytes) -> Optional[bytes]:
+            """A reply packet from the processor -> the bytes to send (None: nothing yet)."""
+else:
+    Codec = object
+
+
+@dataclasses.dataclass(frozen=True)
+class Port:
+    """What a listening socket speaks: built once at start-up, shared by I/O threads."""
+
+    name: str                                   # "Gear", "HTTP": for logs
+    codec: Callable[[], "Codec"]                # a new codec for each connection
+    tls: Optional[ssl.SSLContext] = None        # wrap accepted sockets (server side)
+    note: str = ""                              # appended to the "Initializing" log line
+
+
+@dataclasses.dataclass(frozen=True)
+class Plugin:
+    """A protocol module's entry point (main thread, start-up only)."""
+
+    #: The ``-r``/``--protocol`` name that loads it, or None when it is not loaded by -r
+    #: (always on, or switched on by an option of its own).
+    module: Optional[str]
+    #: The port to listen on, or None when the protocol is off.
+    listen_port: Callable[["Settings"], Optional[str]]
+    #: Builds the Port (may raise ConfigError, e.g. an unreadable TLS key).
+    open: Callable[["Settings"], Port]
+
+
+def plugins() -> List[Plugin]:
+    """Every protocol module's PLUGIN, in module-name order (Gear binds first)."""
+    found = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: (m.name != "gear", m.name)):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        plugin = getattr(module, "PLUGIN", None)
+        if isinstance(plugin, Plugin):
+            found.append(plugin)
+    return found
+
+
+def loadable() -> List[str]:
+    """The names ``-r`` accepts."""
+    return sorted(p.module for p in plugins() if p.module is not None)

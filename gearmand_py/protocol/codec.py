@@ -6,14 +6,15 @@ complete request in it as an event tuple ``(cmd, is_request_magic, args)``:
 * binary packet: ``cmd`` is the command number (1..42), ``args`` its arguments split by the
   command table (the last argument of a no-data command, and the data of a data command,
   may hold NULs);
-* admin text line (first byte not NUL): ``cmd`` is ``TEXT`` (0) and ``args`` its tokens;
-* a protocol error: ``cmd`` is ``PROTOCOL_ERROR`` (-1) and ``args`` is ``(message,)``; it is
+* admin text line (first byte not NUL): ``cmd`` is ``TEXT`` and ``args`` its tokens;
+* a protocol error: ``cmd`` is ``PROTOCOL_ERROR`` and ``args`` is ``(message,)``; it is
   always the last event, and the decoder accepts nothing after it (the connection is closed
   by its owner once the earlier events are answered).
 
 Text or binary is decided per request, like gearmand.  Limits are checked on the header,
 before a payload is buffered.  No sockets, threads, clocks or logging here; the I/O thread
-that owns a connection owns its Decoder.  ``pack()`` builds a response packet.
+that owns a connection owns its Decoder.  ``pack()`` builds a response packet.  The event
+tuple and the pseudo-command numbers are the thread protocol's (gearmand_py/messages.py).
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from __future__ import annotations
 import struct
 from typing import List, Tuple
 
+from ..messages import PROTOCOL_ERROR, TEXT, Event
 from .commands import COMMANDS, HEADER_SIZE, MAX_COMMAND, REQ_MAGIC, RES_MAGIC
-
-TEXT = 0
-PROTOCOL_ERROR = -1
 
 #: An admin line longer than this without LF closes the connection (gearmand's 8 KiB buffer).
 MAX_TEXT_LINE = 8192
@@ -33,11 +32,10 @@ MAX_TEXT_TOKENS = 5
 #: Payloads at least this big are split and packed without intermediate copies.
 BIG_PACKET = 16384
 
-Event = Tuple[int, bool, Tuple[bytes, ...]]
-
-_HEADER = struct.Struct(">4sII")
-_UNPACK_HEADER = _HEADER.unpack_from
-_PACK_HEADER = _HEADER.pack
+#: The 12-byte packet header: magic, command, payload size (big-endian).
+HEADER = struct.Struct(">4sII")
+_UNPACK_HEADER = HEADER.unpack_from
+_PACK_HEADER = HEADER.pack
 
 # (expected part count, maxsplit) per command, for bytes.split(b"\0", maxsplit).
 _SPLIT = {}
@@ -67,6 +65,9 @@ class Decoder:
     """
 
     __slots__ = ("_chunks", "_have", "_need", "max_packet", "failed")
+
+    #: The Gear port never closes a connection because of a reply it sends.
+    closing = False
 
     def __init__(self, max_packet: int) -> None:
         self._chunks: List[bytes] = []   # unparsed input
@@ -177,6 +178,10 @@ class Decoder:
             self._have = len(rest)
             self._need = need
         return events
+
+    def respond(self, packet: bytes) -> bytes:
+        """Replies go out as the processor packed them."""
+        return packet
 
     def _fail(self, message: bytes) -> Event:
         self.failed = True

@@ -4,10 +4,12 @@ the job's result becomes the HTTP response, as gearmand's HTTP protocol module d
 ``HttpSession.feed(bytes)`` returns codec-style events (``(cmd, True, args)``, or a
 ``PROTOCOL_ERROR`` event); ``respond(packet)`` turns a reply packet that the processor sent
 to this connection into the HTTP response bytes, or None while the response is not due
-yet.  After a response the connection is closed (HTTP/1.0, like gearmand).  The I/O thread
-that owns the connection owns its session; no sockets, threads or clocks here.
+yet.  After a response the connection is closed (HTTP/1.0, like gearmand): ``closing`` is
+set.  The I/O thread that owns the connection owns its session; no sockets, threads or
+clocks here.  ``PLUGIN`` puts it on ``--http-port`` when ``-r http`` is given.
 
-Mapping (reference §7): ``/fn`` is the function (leading slashes stripped, no decoding);
+Mapping (as gearmand's libgearman-server/plugins/protocol/http/protocol.cc): ``/fn`` is the
+function (leading slashes stripped, no decoding);
 ``X-Gearman-Unique`` (default ``-``), ``X-Gearman-Background: true``,
 ``X-Gearman-Priority: high|low``; the body (Content-Length, POST/PUT only) is the workload.
 An empty function name is an ECHO and answers ``404 NOT_FOUND``.  Deliberate fixes over
@@ -18,12 +20,15 @@ An empty function name is an ECHO and answers ``404 NOT_FOUND``.  Deliberate fix
 
 from __future__ import annotations
 
-import struct
+import functools
 from email.parser import BytesHeaderParser
 from typing import List, Optional, Tuple
 
 from .. import COMPAT_VERSION
-from .codec import PROTOCOL_ERROR, Event
+from ..messages import PROTOCOL_ERROR, Event
+from ..settings import Settings
+from . import Plugin, Port
+from .codec import HEADER
 from .commands import HEADER_SIZE, NAMES, Cmd
 
 #: Longest request head (request line + headers) accepted.
@@ -38,7 +43,6 @@ _SUBMIT = {  # (background, priority header) -> command
     (True, "normal"): Cmd.SUBMIT_JOB_BG, (True, "low"): Cmd.SUBMIT_JOB_LOW_BG,
 }
 _FINAL = frozenset((Cmd.WORK_COMPLETE, Cmd.WORK_FAIL, Cmd.WORK_EXCEPTION))
-_HEADER = struct.Struct(">4sII")
 
 
 def response(status: bytes, headers: List[Tuple[bytes, bytes]], body: bytes = b"",
@@ -52,7 +56,10 @@ def response(status: bytes, headers: List[Tuple[bytes, bytes]], body: bytes = b"
 
 class HttpSession:
     __slots__ = ("max_body", "_buf", "_head", "_length", "method", "handle", "chunks",
-                 "finished")
+                 "finished", "closing")
+
+    #: Requests are read whole by the I/O thread's usual read size.
+    missing = 0
 
     def __init__(self, max_body: int) -> None:
         self.max_body = max_body
@@ -63,6 +70,7 @@ class HttpSession:
         self.handle = b""
         self.chunks: List[bytes] = []
         self.finished = False
+        self.closing = False
 
     def feed(self, data: bytes) -> List[Event]:
         if self.finished:
@@ -120,7 +128,13 @@ class HttpSession:
 
     def respond(self, packet: bytes) -> Optional[bytes]:
         """The HTTP bytes for a reply packet, or None when nothing is due yet."""
-        _, cmd, size = _HEADER.unpack_from(packet)
+        reply = self._reply(packet)
+        if reply is not None:
+            self.closing = True
+        return reply
+
+    def _reply(self, packet: bytes) -> Optional[bytes]:
+        _, cmd, size = HEADER.unpack_from(packet)
         payload = packet[HEADER_SIZE:HEADER_SIZE + size]
         if self.method not in METHODS:
             return response(b"405 METHOD_NOT_ALLOWED", [])
@@ -153,3 +167,14 @@ class HttpSession:
         head = self._head
         return bool(head) and head[2].get(  # type: ignore[index]
             "x-gearman-background", "").strip().lower() == "true"
+
+
+def _listen_port(settings: Settings) -> Optional[str]:
+    return settings.http_port if settings.protocol == "http" else None
+
+
+def _open(settings: Settings) -> Port:
+    return Port("HTTP", functools.partial(HttpSession, settings.max_packet_size))
+
+
+PLUGIN = Plugin("http", _listen_port, _open)

@@ -16,12 +16,12 @@ _handle = processor.Processor.handle
 _read = iothread.IOLoop._read
 
 
-def handle(self, io_id, batch):  # type: ignore[no-untyped-def]
-    for _conn_id, events in batch:
+def handle(self, io_id, rnd):  # type: ignore[no-untyped-def]
+    for _conn_id, events in rnd:
         for _cmd, _is_req, args in events:
             if args and args[0] == b"crash-proc":
                 raise InjectedCrash("injected crash in the processing thread")
-    return _handle(self, io_id, batch)
+    return _handle(self, io_id, rnd)
 
 
 def read(self, conn):  # type: ignore[no-untyped-def]

@@ -1,10 +1,11 @@
-"""Wake channels between threads: a ``SimpleQueue`` inbox plus a self-pipe.
+"""Mailbox: the inbox of a selector-driven thread (an I/O thread, or the main thread's
+Listener): a ``SimpleQueue`` plus a self-pipe whose read end the owner's selector watches.
 
-Any thread may ``put``; only the owning thread ``drain``s.  The wake byte is written only
-when the inbox goes from idle to non-empty (the ``_armed`` flag), so a busy consumer costs
-producers no syscalls.  Correctness: producers put, then test the flag; the consumer empties
-the pipe, then clears the flag, then drains - so an item is never left behind with the flag
-set and no wake byte pending.
+Any thread may ``put`` (messages are the tuples of messages.py); only the owning thread
+``drain``s.  The wake byte is written only when the inbox goes from idle to non-empty (the
+``_armed`` flag), so a busy consumer costs producers no syscalls.  Correctness: producers
+put, then test the flag; the consumer empties the pipe, then clears the flag, then drains -
+so an item is never left behind with the flag set and no wake byte pending.
 """
 
 from __future__ import annotations

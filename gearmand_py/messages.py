@@ -1,0 +1,66 @@
+"""The thread protocol: every message that crosses threads, who sends it, and to which inbox.
+
+Plain ints and tuples only, so the hot path pays nothing for them.  No thread imports
+another thread's module to talk to it; each imports the names it needs from here.
+
+Threads (``/proc/PID/task``: 1, 2 or N+2 of them)::
+
+    -t 0     main   one IOLoop: accepts, does I/O and runs the Processor inline
+    -t 1     main   Listener: accepts and hands sockets to io-1
+             io-1   IOLoop: I/O, runs the Processor inline
+    -t N>=2  main   Listener
+             io-K   IOLoop (K = 1..N): I/O only
+             proc   ProcessorThread: runs the Processor, which owns every job table
+
+Inboxes.  Every message is a tuple whose first element is its kind.
+
+* an I/O thread's ``Mailbox`` (mailbox.py: a ``SimpleQueue`` plus a wake pipe that the
+  loop's epoll watches; a wake byte is written only when the inbox goes from empty to
+  non-empty):
+    - ``(REPLIES, [Reply, ...])``       proc -> io-K, once per processing round that
+      produced replies for that thread's connections;
+    - ``(ADOPT, conn_id, sock, addr, port)``  main (Listener) -> io-K, a new connection
+      accepted on the listening socket whose ``Port`` (protocol + TLS) is given;
+    - ``(CALL, fn)``                     any thread -> io-K: run ``fn`` there (at ``-t 0``
+      and ``-t 1`` that is the processing thread: graceful stop, signals at ``-t 0``);
+    - ``(STOP,)``                        main -> io-K: flush what is held, close, return.
+* the processing thread's inbox (``-t N>=2``; a bare ``SimpleQueue``: the thread blocks in
+  ``get(timeout=next timer)``, so no wake pipe):
+    - ``(EVENTS, io_id, Round)``         io-K -> proc, once per selector round with events;
+    - ``(CALL, fn)``                     main -> proc (graceful stop arms itself there);
+    - ``(STOP,)``                        main -> proc: send the last replies, return.
+* the main thread's ``Mailbox`` (``-t >= 1``; at ``-t 0`` the single loop's mailbox):
+    - ``(CALL, fn)``                     signal handlers, crashed threads, the graceful-stop
+      hook -> main (``Server.post``);
+    - ``(STOP,)``  is never sent there: ``Server.stop`` clears the running flag via CALL.
+
+Events.  A connection's codec turns bytes into ``Event`` tuples ``(cmd, is_request_magic,
+args)``.  ``cmd`` > 0 is a Gearman command number (1..42); the pseudo-commands below share
+that number space and are all <= 0.  ``ConnEvents`` is one connection's events from one
+read; a ``Round`` is the list of them from one selector round of one I/O thread.
+
+Replies.  The processor answers with ``Reply`` tuples ``(conn_id, packet)``; a packet of
+``None`` means "close this connection once its output is flushed".
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+# ---- message kinds (first element of every inbox message) ------------------------------
+EVENTS = 0      # (EVENTS, io_id, Round)                  io-K -> proc
+REPLIES = 1     # (REPLIES, [Reply])                      proc -> io-K
+ADOPT = 2       # (ADOPT, conn_id, sock, (ip, port), Port) main -> io-K
+CALL = 3        # (CALL, fn)                              any -> main, io-K, proc
+STOP = 4        # (STOP,)                                 main -> io-K, proc
+
+# ---- event pseudo-commands (the codec's and the I/O loop's; real commands are > 0) ----
+TEXT = 0            # an admin text line; args: its tokens              (codec)
+PROTOCOL_ERROR = -1  # unparseable input; args: (message,); always last  (codec)
+CONNECT = -2        # a new connection; args: (fd, ip, port)            (I/O loop)
+CLOSED = -3         # the peer closed or the I/O loop dropped it; args: ()  (I/O loop)
+
+Event = Tuple[int, bool, Tuple[Any, ...]]
+ConnEvents = Tuple[int, List[Event]]
+Round = List[ConnEvents]
+Reply = Tuple[int, Optional[bytes]]
