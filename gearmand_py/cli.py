@@ -1,11 +1,14 @@
-"""The ``gearmand`` command: a click command built from the option table (main thread).
+"""The ``gearmand`` command (main thread).
 
-click is the command and help framework; the parsing itself is settings.parse_tokens, which
+click provides the command object, its context (``ctx.obj`` carries the parsed options,
+``ctx.exit`` the status) and ``click.echo``; the parsing itself is settings.parse, which
 reproduces boost::program_options' forms and error messages exactly (click's own parser
-cannot: it abbreviates nothing but words its errors differently and has no ``-xv`` cluster
-rules of boost).  Order of checks, as gearmand 1.1.20 (reference §1.3): parse the command line
-and the config file -> --verbose -> --hashtable-buckets -> --check-args -> --help ->
---version -> start (app.run).  Every error: ``<argv[0]>: <message>`` on stderr, exit 1.
+words its errors differently and has no boost ``-xv`` cluster rules), so the command
+declares no click parameters and ``-h`` prints gearmand's own layout.
+
+Order of checks, as gearmand 1.1.20: parse the command line and the config file ->
+--verbose -> --hashtable-buckets -> --check-args -> --help -> --version -> start
+(app.run).  Every error: ``<argv[0]>: <message>`` on stderr, exit 1.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import click
 
 from . import COMPAT_VERSION, __version__
 from .errors import GearmandError
-from .settings import OPTIONS, SECTIONS, SWITCH, Option, Options, build_settings, parse
+from .settings import OPTIONS, SECTIONS, Option, Options, build_settings, parse
 
 BUG_URL = "https://github.com/gearman/gearmand/issues"
 HELP_WIDTH = 80
@@ -68,16 +71,8 @@ def prog_name(argv0: Optional[str] = None) -> str:
     return name
 
 
-def _click_option(opt: Option) -> click.Option:
-    decls = [f"--{opt.name}"] + ([f"-{opt.short}"] if opt.short else [])
-    if opt.kind == SWITCH:
-        return click.Option(decls, is_flag=True, default=False, help=opt.help)
-    return click.Option(decls, default=opt.default, show_default=opt.show_default,
-                        help=opt.help, type=click.INT if opt.kind != "str" else click.STRING)
-
-
 class GearmandCommand(click.Command):
-    """click command whose options come from the table and whose parser is gearmand's."""
+    """A click command whose parser is gearmand's and whose help is gearmand's layout."""
 
     def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
         ctx.obj = parse(args)
@@ -106,7 +101,6 @@ def _run(ctx: click.Context) -> None:
 
 command = GearmandCommand(
     name="gearmand",
-    params=[_click_option(o) for o in OPTIONS],
     callback=click.pass_context(_run),
     add_help_option=False,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},

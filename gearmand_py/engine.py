@@ -120,10 +120,7 @@ class Engine:
         """Peer gone: requeue what it held, detach it from what it waited on."""
         self.conns.pop(conn.id, None)
         self.sleepers.discard(conn)
-        for ability in conn.abilities:
-            self._remove_worker(ability.function, conn)
-        conn.abilities.clear()
-        self.release_jobs(conn, None)
+        self.reset_abilities(conn)
         for job in list(conn.listening.values()):
             self.detach(job, conn)
         conn.listening.clear()
@@ -151,6 +148,7 @@ class Engine:
         self.release_jobs(conn, func)
 
     def reset_abilities(self, conn: Peer) -> None:
+        """Forget every function the worker registered; requeue the jobs it holds."""
         for ability in conn.abilities:
             self._remove_worker(ability.function, conn)
         conn.abilities.clear()

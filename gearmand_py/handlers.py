@@ -18,6 +18,7 @@ Args = Tuple[bytes, ...]
 Handler = Callable[[Engine, Peer, Args], None]
 
 _NO_JOB = pack(Cmd.NO_JOB)
+_JOB_CREATED = int(Cmd.JOB_CREATED)
 _NOOP = pack(Cmd.NOOP)
 #: Longest handle/unique accepted in GET_STATUS* (gearmand's 64-byte buffers).
 MAX_LOOKUP = 64
@@ -48,28 +49,22 @@ def _atoi(text: bytes) -> int:
 
 # ---- submissions --------------------------------------------------------------------
 
-def _submitter(priority: int, background: bool) -> Handler:
-    created = int(Cmd.JOB_CREATED)
-
-    def submit(engine: Engine, conn: Peer, args: Args) -> None:
-        try:
-            job = engine.submit(conn, args[0], args[1], args[2], priority, background)
-        except EngineError as exc:
-            engine.error(conn, exc.code, exc.text)
-            return
-        job_handle = job.handle
-        engine.send(conn, _header(created, len(job_handle)) + job_handle)
-    return submit
-
-
 def _submit(engine: Engine, conn: Peer, name: bytes, unique: bytes, data: bytes,
-            priority: int, background: bool, when: int, reducer: bytes) -> None:
+            priority: int, background: bool, when: int = 0, reducer: bytes = b"") -> None:
+    """Every SUBMIT_* ends here: JOB_CREATED with the handle, or the engine's ERROR."""
     try:
         job = engine.submit(conn, name, unique, data, priority, background, when, reducer)
     except EngineError as exc:
         engine.error(conn, exc.code, exc.text)
         return
-    engine.send(conn, pack(Cmd.JOB_CREATED, job.handle))
+    handle = job.handle
+    engine.send(conn, _header(_JOB_CREATED, len(handle)) + handle)
+
+
+def _submitter(priority: int, background: bool) -> Handler:
+    def submit(engine: Engine, conn: Peer, args: Args) -> None:
+        _submit(engine, conn, args[0], args[1], args[2], priority, background)
+    return submit
 
 
 def submit_epoch(engine: Engine, conn: Peer, args: Args) -> None:

@@ -4,7 +4,7 @@ Configured once by app.py on the main thread at start-up; ``reopen()`` runs on t
 thread (posted there by the SIGHUP handler).  Every other thread only calls
 ``logging.getLogger("gearmand")`` and its children.
 
-Line layout (reference §8.3)::
+Line layout, as gearmand 1.1.20 writes it::
 
     %7s level, ' ', 'YYYY-MM-DD HH:MM:SS.uuuuuu', ' ', thread tag, ' ', message,
     then ' -> <file>:<line>' on every level except INFO, then LF.

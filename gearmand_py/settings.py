@@ -2,7 +2,7 @@
 
 One table (``OPTIONS``) drives the command line, the config file, ``--help``, the click
 command (cli.py) and the man page (gearmand_py/manpage.py).  Parsing reproduces gearmand
-1.1.20's messages (reference §1.1); ``build_settings`` validates and produces the frozen
+1.1.20's messages; ``build_settings`` validates and produces the frozen
 ``Settings`` that every thread reads.  Runs on the main thread at start-up only.
 """
 
@@ -75,7 +75,6 @@ class Settings:
     ssl_ca_file: str = DEFAULT_SSL_CA
     ssl_certificate: str = DEFAULT_SSL_CERT
     ssl_key: str = DEFAULT_SSL_KEY
-    config_file: str = DEFAULT_CONFIG_FILE
 
     def queue_option(self, name: str, default: Optional[str] = None) -> Optional[str]:
         for key, value in self.queue_options:
@@ -127,8 +126,6 @@ VALUE_PARSERS: Dict[str, Callable[[str], object]] = {
     "u16": _unsigned(16),
     "i32": _signed(32),
 }
-#: Human names of the kinds (help and man page).
-KIND_NAMES = {"str": "arg", "u32": "arg", "u16": "arg", "i32": "arg"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +149,7 @@ class Option:
 
 
 GENERAL = "General options"
-#: Sections in gearmand's --help order (reference §1.4), then the modules Debian lacks.
+#: Sections in gearmand's 1.1.20 --help order, then the modules Debian lacks.
 SECTIONS = [GENERAL, "HTTP", "Gear", "builtin", "libmemcached", "libsqlite3", "Postgres",
             "redis", "MySQL", "libdrizzle", "libtokyocabinet"]
 
@@ -328,7 +325,7 @@ def parse_tokens(tokens: Sequence[str], in_file: bool = False) -> Parsed:
 
     In a config file (``in_file``), words that do not start with '-' are ignored and
     command-line-only options (--check-args) are unrecognised, as in gearmand.  On the
-    command line, ``@file`` names a config file (the seed's extension).
+    command line, ``@file`` names a config file (an extension of this project).
     """
     out = Parsed()
     i = 0
@@ -434,9 +431,6 @@ class Options:
     help: bool = False
     version: bool = False
     warnings: List[str] = dataclasses.field(default_factory=list)
-
-    def get(self, name: str) -> object:
-        return self.values.get(name)
 
 
 def parse(argv: Sequence[str]) -> Options:

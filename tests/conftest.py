@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from typing import Callable, Iterator, List
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 
-from support import Server  # noqa: E402
+from support import Server
 
 DEFAULT_IMPL = os.environ.get("GEARMAND_TEST_IMPL", "py")
 

@@ -15,7 +15,7 @@ from typing import Union
 REQ = b"\0REQ"
 RES = b"\0RES"
 
-# number -> name, straight from the protocol document (reference §2.2).
+# number -> name, straight from the Gearman protocol document (gearmand's PROTOCOL file).
 NAMES: dict[int, str] = {
     1: "CAN_DO", 2: "CANT_DO", 3: "RESET_ABILITIES", 4: "PRE_SLEEP", 5: "UNUSED", 6: "NOOP",
     7: "SUBMIT_JOB", 8: "JOB_CREATED", 9: "GRAB_JOB", 10: "NO_JOB", 11: "JOB_ASSIGN",

@@ -3,7 +3,7 @@
 Every server binds 127.0.0.1.  This project's server gets ``-p 0``; the port it bound is read
 from its log ("Listening on 127.0.0.1:<port>") or, at quieter --verbose levels, from
 /proc.  C gearmand cannot report an ephemeral port, so it gets a free port below 32768
-(see reference §1: TIME_WAIT on ephemeral ports).
+(an ephemeral port that C would be given could still be in TIME_WAIT).
 """
 
 from __future__ import annotations
@@ -18,12 +18,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
+
+import pytest
 
 from gearmand_py.bench.servers import free_port
+from gearproto import Conn
 
 C_GEARMAND = "/usr/sbin/gearmand"
 IN_CI = bool(os.environ.get("CI"))
+#: Which server the shared tests run against: "py" (this project) or "c" (C gearmand).
+IMPL = os.environ.get("GEARMAND_TEST_IMPL", "py")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LISTEN_RE = re.compile(rb"Listening on 127\.0\.0\.1:(\d+)")
 
 
@@ -85,10 +91,19 @@ def free_low_port() -> int:
     return free_port()
 
 
+def server_env(**extra: str) -> Dict[str, str]:
+    """Environment for a server or tool the tests run: this checkout first on PYTHONPATH,
+    no GEARMAND_PORT from the caller, sbin on PATH (start-stop-daemon, C gearmand)."""
+    env = dict(os.environ)
+    env.pop("GEARMAND_PORT", None)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PATH"] = env.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
+    env.update(extra)
+    return env
+
+
 def require(path: str, why: str) -> None:
     """Fail in CI, skip elsewhere, when a tool the test needs is missing."""
-    import pytest
-
     if os.path.exists(path) or shutil.which(path):
         return
     if IN_CI:
@@ -244,3 +259,16 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: ``server_factory`` fixture type: start a server with ``(*args, impl=..., **kw)``.
+Factory = Callable[..., Server]
+#: Tests of deliberate differences from C 1.1.20: skipped when the suite targets C.
+only_ours = pytest.mark.skipif(IMPL == "c", reason="deliberate difference from C 1.1.20")
+
+
+def sync(conn: Conn) -> None:
+    """Round trip through the job engine: everything sent before is processed."""
+    conn.send("GET_STATUS", b"H:sync:0")
+    p = conn.expect("STATUS_RES")
+    assert p.args[0] == b"H:sync:0"

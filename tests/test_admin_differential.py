@@ -1,6 +1,7 @@
-"""Admin text protocol: exact replies (reference §3.2) and differential runs against C.
+"""Admin text protocol: exact replies (as C gearmand 1.1.20 sends them) and differential runs
+against C.
 
-* ``test_exact_*``: byte-exact expectations from the reference, run against ``server`` (ours
+* ``test_exact_*``: byte-exact expectations (C 1.1.20's replies), run against ``server`` (ours
   by default; C with ``GEARMAND_TEST_IMPL=c``).
 * ``test_differential_*``: the same scripted scenario against our server and C gearmand;
   replies are compared after normalising only what must differ (pids, fds, the host part of
@@ -10,24 +11,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable
 
 import pytest
 
 from gearproto import Conn, grab, pack, submit
-from support import C_GEARMAND, Server, require
+from support import C_GEARMAND, Factory, IMPL, Server, require, sync
 
-IMPL = os.environ.get("GEARMAND_TEST_IMPL", "py")
-Factory = Callable[..., Server]
 
 LIST_END = b".\n"
-
-
-def sync(conn: Conn) -> None:
-    conn.send("GET_STATUS", b"H:sync:0")
-    conn.expect("STATUS_RES")
 
 
 # -- exact replies ----------------------------------------------------------------------
@@ -299,7 +291,7 @@ def test_differential_content(both: tuple[Server, Server]) -> None:
 
 
 def test_differential_exact_order(both: tuple[Server, Server]) -> None:
-    """Byte-for-byte, including listing order (reference §3.4 hash-bucket order)."""
+    """Byte-for-byte, including listing order (gearmand's hash-bucket order)."""
     c_out, our_out = scenario(both[0]), scenario(both[1])
     assert our_out == c_out
 

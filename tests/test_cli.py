@@ -5,32 +5,24 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 
-from support import C_GEARMAND, py_gearmand_cmd, require  # noqa: E402
+from support import C_GEARMAND, py_gearmand_cmd, require, server_env
 
-from gearmand_py import COMPAT_VERSION  # noqa: E402
-from gearmand_py.settings import (  # noqa: E402
+from gearmand_py import COMPAT_VERSION
+from gearmand_py.settings import (
     OPTIONS, SWITCH, Option, build_settings, parse,
 )
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(args: Sequence[str], impl: str = "py", env: Optional[Dict[str, str]] = None,
         cwd: Optional[str] = None) -> subprocess.CompletedProcess:
     base = py_gearmand_cmd() if impl == "py" else [C_GEARMAND]
-    full_env = dict(os.environ)
-    full_env.pop("GEARMAND_PORT", None)
-    full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.update(env or {})
     return subprocess.run(base + list(args), capture_output=True, text=True, timeout=20,
-                          env=full_env, cwd=cwd, stdin=subprocess.DEVNULL)
+                          env=server_env(**(env or {})), cwd=cwd, stdin=subprocess.DEVNULL)
 
 
 def message(proc: subprocess.CompletedProcess) -> str:
@@ -150,7 +142,7 @@ def test_no_option_starts_a_server_before_validation() -> None:
     assert message(proc) == "Error while initializing the queue : nosuchqueue"
 
 
-# ---- deliberate extensions (the seed stands where it and the 1.1.20 binary disagree) ----
+# ---- deliberate extensions (where this project chose differently from the 1.1.20 binary) ----
 
 EXTENSION_ERRORS: List[Tuple[List[str], str]] = [
     (["-q", "foo"], "Error while initializing the queue : foo"),
@@ -240,7 +232,7 @@ def test_check_args_accepts_every_option(opt: Option) -> None:
     c_available()
     for args in forms:
         if args[0] == "-v":
-            continue   # gearmand 1.1.20 has no -v (the seed's form is our extension)
+            continue   # gearmand 1.1.20 has no -v (this form is our extension)
         proc = run(["--check-args"] + args, impl="c")
         assert proc.returncode == 0, (args, proc.stderr)
 

@@ -12,12 +12,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from support import Server
+from support import IMPL, Server
 
 gear = pytest.importorskip("gear") if not os.environ.get("CI") else __import__("gear")
 
-IMPL = os.environ.get("GEARMAND_TEST_IMPL", "py")
-Factory = Callable[..., Server]
 Handler = Callable[["gear.WorkerJob"], None]
 
 

@@ -12,16 +12,14 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 from gearproto import Conn, status, wait_for
-from support import Server, require
+from support import Factory, IMPL, Server, require
 
 GEARMAN = "/usr/bin/gearman"
 GEARADMIN = "/usr/bin/gearadmin"
-IMPL = os.environ.get("GEARMAND_TEST_IMPL", "py")
-Factory = Callable[..., Server]
 
 
 @pytest.fixture(autouse=True)

@@ -12,18 +12,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from gearproto import Conn, status, status_rows, submit, wait_for
-from support import Server, require
+from support import IMPL, Server, only_ours, require
 
 PERL = "/usr/bin/perl"
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
-IMPL = os.environ.get("GEARMAND_TEST_IMPL", "py")
-only_ours = pytest.mark.skipif(IMPL == "c", reason="deliberate difference from C 1.1.20")
-Factory = Callable[..., Server]
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +19,6 @@ from support import Server, require
 
 PHP = "/usr/bin/php"
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
-Factory = Callable[..., Server]
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,7 @@ def feed_bytewise(decoder: Decoder, data: bytes) -> List[tuple]:
     return events
 
 
-PACKETS = [c for c in COMMANDS if c != Cmd.TEXT]
+PACKETS = list(COMMANDS)
 
 
 @pytest.mark.parametrize("cmd", PACKETS, ids=[NAMES[c] for c in PACKETS])

@@ -1,4 +1,4 @@
-"""Raw-socket integration tests of job semantics (reference §2-§4), against a real server.
+"""Raw-socket integration tests of job semantics, against a real server.
 
 Every test runs against ``server``/``server_factory`` (ours by default, C gearmand with
 ``GEARMAND_TEST_IMPL=c``).  Tests of deliberate differences from C 1.1.20 are marked
@@ -8,27 +8,15 @@ test itself is checked against the oracle.
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from collections.abc import Callable
 
 import pytest
 
 from gearproto import Conn, grab, status, status_rows, submit, wait_for
-from support import Server
+from support import Factory, IMPL, Server, only_ours, sync
 
-IMPL = os.environ.get("GEARMAND_TEST_IMPL", "py")
-only_ours = pytest.mark.skipif(IMPL == "c", reason="deliberate difference from C 1.1.20")
-Factory = Callable[..., Server]
 HANDLE_RE = re.compile(rb"^H:[^:]+:\d+$")
-
-
-def sync(conn: Conn) -> None:
-    """Round trip through the job engine: everything sent before is processed."""
-    conn.send("GET_STATUS", b"H:sync:0")
-    p = conn.expect("STATUS_RES")
-    assert p.args[0] == b"H:sync:0"
 
 
 def worker(port: int, *fns: str, timeout_ms: int | None = None) -> Conn:
@@ -669,7 +657,7 @@ def test_maxqueue_per_priority(server: Server) -> None:
 
 # -- protocol errors ----------------------------------------------------------------------
 
-# command number -> NUL count of a well-formed payload (reference §2.2 A/D column)
+# command number -> NUL count of a well-formed payload (the protocol's argument counts)
 RESPONSE_ONLY = {5: 0, 6: 0, 8: 0, 10: 0, 11: 2, 17: 0, 19: 1, 20: 4, 24: 0, 27: 0, 31: 3,
                  35: 7, 40: 4, 42: 5}
 
@@ -806,7 +794,7 @@ def test_connection_survives_errors_then_works(server: Server) -> None:
 
 
 def test_work_fail_handle_too_large(server: Server) -> None:
-    # the live 1.1.20 text says GEARMAND_JOB_HANDLE_SIZE (reference §2.3 drops the D)
+    # the live 1.1.20 text says GEARMAND_JOB_HANDLE_SIZE
     with Conn(server.port) as c:
         c.send("WORK_FAIL", b"H:" + b"x" * 70)
         assert c.expect("ERROR").as_tuple() == (

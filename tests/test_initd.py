@@ -11,19 +11,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Dict, Iterator, Optional
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 
-from gearproto import Conn, wait_for  # noqa: E402
-from support import free_low_port, pid_alive, py_gearmand_cmd, read_text, require  # noqa: E402,E501
+from gearproto import Conn, wait_for
+from support import (REPO, free_low_port, pid_alive, py_gearmand_cmd, read_text, require,
+                     server_env)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(REPO, "conf")
 INIT = os.path.join(CONF, "gearman-job-server.init")
 IS_ROOT = os.geteuid() == 0
@@ -32,10 +30,6 @@ DEBIAN_PARAMS = "--listen=localhost --daemon --log-file=/var/log/gearman-job-ser
 @pytest.fixture(autouse=True)
 def _start_stop_daemon() -> None:
     require("start-stop-daemon", "the init script runs start-stop-daemon (dpkg)")
-
-
-
-
 
 
 class Service:
@@ -198,7 +192,7 @@ def test_defaults_file_matches_debian_and_is_plain_assignments() -> None:
 def test_example_config_file_is_valid() -> None:
     path = os.path.join(CONF, "gearmand.conf")
     text = read_text(path)
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = server_env()
     run = subprocess.run(py_gearmand_cmd() + ["--check-args", f"--config-file={path}"],
                          capture_output=True, text=True, timeout=30, env=env)
     assert (run.returncode, run.stderr) == (0, "")

@@ -15,26 +15,16 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+from gearproto import Conn, wait_for
+from support import free_low_port, pid_alive, read_text, require, server_env
 
-from gearproto import Conn, wait_for  # noqa: E402
-from support import free_low_port, pid_alive, read_text, require  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBIAN_INIT = "/etc/init.d/gearman-job-server"
 LSB_FUNCTIONS = "/lib/lsb/init-functions"
 
 
 def env() -> Dict[str, str]:
-    """This checkout on sys.path; no GEARMAND_PORT; sbin on PATH (start-stop-daemon)."""
-    e = dict(os.environ, PYTHONPATH=REPO, SYSTEMCTL_SKIP_REDIRECT="1")
-    e.pop("GEARMAND_PORT", None)
-    e["PATH"] = e.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
-    return e
-
-
-
-
+    """server_env(), and the LSB functions must not redirect to systemctl."""
+    return server_env(SYSTEMCTL_SKIP_REDIRECT="1")
 
 
 def serving(port: int) -> bool:

@@ -8,12 +8,11 @@ import sys
 
 import pytest
 
-from support import require
+from support import REPO, require
 
 from gearmand_py import manpage
 from gearmand_py.settings import OPTIONS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(REPO, "man", "gearmand.8")
 
 

@@ -11,40 +11,26 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 
-from gearproto import Conn, submit, wait_for  # noqa: E402
-from support import (C_GEARMAND, free_low_port, pid_alive, py_gearmand_cmd,  # noqa: E402
-                     read_text, require)
+from gearproto import Conn, submit, wait_for
+from support import (C_GEARMAND, free_low_port, pid_alive, py_gearmand_cmd, read_text,
+                     require, server_env)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LISTEN_RE = re.compile(r"Listening on 127\.0\.0\.1:(\d+) \(\d+\)")
-#: gearmand's line layout (reference §8.3)
+#: gearmand's log line layout
 LINE_RE = re.compile(r"^ *(FATAL|ALERT|CRITICAL|ERROR|WARNING|NOTICE|INFO|DEBUG) "
                      r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.(\d{6}) \[ *(main|proc|\d+) \] (.*)$")
 IS_ROOT = os.geteuid() == 0
 
 
-def env() -> Dict[str, str]:
-    e = dict(os.environ)
-    e.pop("GEARMAND_PORT", None)
-    e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
-    return e
-
-
 def cmd(impl: str = "py") -> List[str]:
     return py_gearmand_cmd() if impl == "py" else [C_GEARMAND]
-
-
-
-
 
 
 def port_open(port: int) -> bool:
@@ -75,7 +61,7 @@ class Proc:
         self.args = cmd(impl) + ["-p", port, "-L", "127.0.0.1", "-l", self.log,
                                  "-P", self.pid_file, "--verbose", verbose] + list(args)
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env(), stdin=subprocess.DEVNULL)
+                                     env=server_env(), stdin=subprocess.DEVNULL)
         self.port = self.wait_port()
 
     def wait_port(self, timeout: float = 20.0) -> int:
@@ -108,7 +94,8 @@ class Proc:
 
 
 @pytest.fixture
-def procs():  # type: ignore[no-untyped-def]
+def own_servers():  # type: ignore[no-untyped-def]
+    """Proc servers a test starts; killed at teardown."""
     started: List[Proc] = []
     yield started
     for p in started:
@@ -123,7 +110,7 @@ def launch_daemon(tmp: str, extra: Sequence[str] = (), impl: str = "py",
     pid = pid or os.path.join(tmp, "gearmand.pid")
     return subprocess.run(cmd(impl) + ["-d", "-p", port, "-L", "127.0.0.1", "-l", log,
                                        "-P", pid, "--verbose", "INFO"] + list(extra),
-                          capture_output=True, text=True, timeout=30, env=env(),
+                          capture_output=True, text=True, timeout=30, env=server_env(),
                           stdin=subprocess.DEVNULL)
 
 
@@ -173,9 +160,9 @@ def test_daemon_ready_pid_file_log_rotation_and_stop(tmp_path) -> None:  # type:
     assert "Shutdown complete" in read_text(log)
 
 
-def test_sighup_line_written_at_default_verbosity(tmp_path, procs) -> None:  # type: ignore
+def test_sighup_line_written_at_default_verbosity(tmp_path, own_servers) -> None:  # type: ignore
     p = Proc(str(tmp_path), verbose="ERROR")
-    procs.append(p)
+    own_servers.append(p)
     assert wait_for(lambda: os.path.exists(p.pid_file), 10)
     assert read_text(p.log) == ""
     os.rename(p.log, p.log + ".1")
@@ -220,7 +207,7 @@ def test_pid_file_error_message_like_gearmand(tmp_path) -> None:  # type: ignore
     expected = ("Could not open pid file for writing: /nonexistent-dir/gearmand.pid"
                 "(No such file or directory) (No such file or directory)")
     ours = subprocess.run(cmd() + ["-p", "0", "-L", "127.0.0.1", "-l", "none", "-P", bad],
-                          capture_output=True, text=True, timeout=30, env=env())
+                          capture_output=True, text=True, timeout=30, env=server_env())
     assert ours.returncode == 1
     assert ours.stderr.split(": ", 1)[1].rstrip("\n") == expected
     daemon = launch_daemon(str(tmp_path), pid=bad)     # written by the daemon: reported
@@ -238,9 +225,9 @@ def test_pid_file_error_message_like_gearmand(tmp_path) -> None:  # type: ignore
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("threads", ["0", "1", "4"])
-def test_sigterm_sigint_stop_at_once(tmp_path, procs, sig, threads) -> None:  # type: ignore
+def test_sigterm_sigint_stop_at_once(tmp_path, own_servers, sig, threads) -> None:  # type: ignore
     p = Proc(str(tmp_path), ["-t", threads])
-    procs.append(p)
+    own_servers.append(p)
     assert os.path.exists(p.pid_file)
     worker = Conn(p.port)
     worker.send("CAN_DO", b"f")
@@ -257,9 +244,9 @@ def test_sigterm_sigint_stop_at_once(tmp_path, procs, sig, threads) -> None:  # 
 
 
 @pytest.mark.parametrize("threads", ["0", "1", "4"])
-def test_sigusr1_graceful_waits_for_jobs(tmp_path, procs, threads) -> None:  # type: ignore
+def test_sigusr1_graceful_waits_for_jobs(tmp_path, own_servers, threads) -> None:  # type: ignore
     p = Proc(str(tmp_path), ["-t", threads])
-    procs.append(p)
+    own_servers.append(p)
     worker = Conn(p.port)
     worker.send("CAN_DO", b"slow")
     client = Conn(p.port)
@@ -280,9 +267,9 @@ def test_sigusr1_graceful_waits_for_jobs(tmp_path, procs, threads) -> None:  # t
     client.close()
 
 
-def test_sigusr1_without_jobs_exits_at_once(tmp_path, procs) -> None:  # type: ignore
+def test_sigusr1_without_jobs_exits_at_once(tmp_path, own_servers) -> None:  # type: ignore
     p = Proc(str(tmp_path))
-    procs.append(p)
+    own_servers.append(p)
     p.signal(signal.SIGUSR1)
     assert p.wait(10) == 0
     assert not os.path.exists(p.pid_file)
@@ -308,12 +295,12 @@ def proc_status(pid: int) -> Dict[str, str]:
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root (CI runs as root)")
-def test_user_switch_after_binding_privileged_port(procs) -> None:  # type: ignore
+def test_user_switch_after_binding_privileged_port(own_servers) -> None:  # type: ignore
     tmp = tempfile.mkdtemp(prefix="gearmand-u-")     # pytest's tmp_path is root-only
     os.chmod(tmp, 0o777)
     port = privileged_free_port()
     p = Proc(tmp, ["-u", "nobody"], port_arg=str(port))
-    procs.append(p)
+    own_servers.append(p)
     assert p.port == port and version_ok(port)
     nobody = pwd.getpwnam("nobody")
     status = proc_status(p.proc.pid)
@@ -371,7 +358,7 @@ def test_user_switch_needs_root_like_gearmand() -> None:
 
 def test_unknown_user_like_gearmand() -> None:
     ours = subprocess.run(cmd() + ["-u", "no-such-user-xyz", "-l", "none", "-p", "0"],
-                          capture_output=True, text=True, timeout=30, env=env())
+                          capture_output=True, text=True, timeout=30, env=server_env())
     assert ours.returncode == 1
     assert ours.stderr.split(": ", 1)[1].strip() == "Could not find user : no-such-user-xyz"
     if IS_ROOT and os.path.exists(C_GEARMAND):
@@ -391,11 +378,11 @@ def open_files_limit(pid: int) -> List[str]:
 
 
 @pytest.mark.parametrize("impl", ["py", "c"])
-def test_file_descriptor_limit(tmp_path, procs, impl) -> None:  # type: ignore
+def test_file_descriptor_limit(tmp_path, own_servers, impl) -> None:  # type: ignore
     if impl == "c":
         require(C_GEARMAND, "differential")
     p = Proc(str(tmp_path), ["-f", "4321"], impl=impl)
-    procs.append(p)
+    own_servers.append(p)
     soft, hard = open_files_limit(p.proc.pid)
     assert soft == "4321"
     assert hard == "unlimited" or int(hard) >= 4321
@@ -405,7 +392,7 @@ def test_file_descriptor_limit_failure_message() -> None:
     expected = ("Failed to set limit for the number of file descriptors.  Try running as root "
                 "or giving a smaller value to -f. (Operation not permitted)")
     ours = subprocess.run(cmd() + ["-f", "4000000000", "-l", "none", "-p", "0"],
-                          capture_output=True, text=True, timeout=30, env=env())
+                          capture_output=True, text=True, timeout=30, env=server_env())
     assert ours.returncode == 1
     assert ours.stderr.split(": ", 1)[1].strip() == expected
     require(C_GEARMAND, "differential")
@@ -450,12 +437,12 @@ def listening_fd(pid: int, port: int) -> int:
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfd_open")
 @pytest.mark.parametrize("impl", ["py", "c"])
-def test_keepalive_values_on_listening_socket(tmp_path, procs, impl) -> None:  # type: ignore
+def test_keepalive_values_on_listening_socket(tmp_path, own_servers, impl) -> None:  # type: ignore
     if impl == "c":
         require(C_GEARMAND, "differential")
     p = Proc(str(tmp_path), ["--keepalive", "--keepalive-idle=77", "--keepalive-interval=11",
                              "--keepalive-count=5", "-b", "17"], impl=impl)
-    procs.append(p)
+    own_servers.append(p)
     s = steal_fd(p.proc.pid, listening_fd(p.proc.pid, p.port))
     try:
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
@@ -467,9 +454,9 @@ def test_keepalive_values_on_listening_socket(tmp_path, procs, impl) -> None:  #
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfd_open")
-def test_no_keepalive_on_listening_socket_by_default(tmp_path, procs) -> None:  # type: ignore
+def test_no_keepalive_on_listening_socket_by_default(tmp_path, own_servers) -> None:  # type: ignore
     p = Proc(str(tmp_path))
-    procs.append(p)
+    own_servers.append(p)
     s = steal_fd(p.proc.pid, listening_fd(p.proc.pid, p.port))
     try:
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
@@ -477,12 +464,12 @@ def test_no_keepalive_on_listening_socket_by_default(tmp_path, procs) -> None:  
         s.close()
 
 
-def test_backlog_applied(tmp_path, procs) -> None:  # type: ignore
+def test_backlog_applied(tmp_path, own_servers) -> None:  # type: ignore
     """ss shows a listening socket's backlog in its Send-Q column."""
     if not os.path.exists("/usr/bin/ss") and not os.path.exists("/bin/ss"):
         require("ss", "iproute2")
     p = Proc(str(tmp_path), ["-b", "17"])
-    procs.append(p)
+    own_servers.append(p)
     out = subprocess.run(["ss", "-Htln", f"sport = :{p.port}"], capture_output=True,
                          text=True, timeout=10).stdout
     assert out.split()[2] == "17", out
@@ -490,9 +477,9 @@ def test_backlog_applied(tmp_path, procs) -> None:  # type: ignore
 
 # ---- logging --------------------------------------------------------------------------------
 
-def test_log_lines_in_gearmand_format(tmp_path, procs) -> None:  # type: ignore
+def test_log_lines_in_gearmand_format(tmp_path, own_servers) -> None:  # type: ignore
     p = Proc(str(tmp_path), ["-t", "2"])
-    procs.append(p)
+    own_servers.append(p)
     assert version_ok(p.port)
     p.signal(signal.SIGTERM)
     assert p.wait(10) == 0
@@ -515,7 +502,7 @@ def test_debug_level_has_microseconds_and_source(tmp_path) -> None:  # type: ign
     log = os.path.join(str(tmp_path), "d.log")
     proc = subprocess.Popen(cmd() + ["-p", "0", "-L", "127.0.0.1", "-l", log, "--verbose",
                                      "DEBUG", "-P", os.path.join(str(tmp_path), "p")],
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: LISTEN_RE.search(read_text(log)) is not None, 20)
         # a WARNING with its source location, from a peer's protocol error
@@ -538,7 +525,7 @@ def test_log_file_fallback_message_like_gearmand(tmp_path) -> None:  # type: ign
                 "(No such file or directory)")
 
     def first_line(argv: List[str]) -> str:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env(), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, cwd=cwd, env=server_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         try:
             line = proc.stderr.readline()  # type: ignore[union-attr]
@@ -568,7 +555,7 @@ def test_log_to_stderr_and_none(tmp_path) -> None:  # type: ignore
         proc = subprocess.Popen(cmd() + ["-p", "0", "-L", "127.0.0.1", "-l", target,
                                          "--verbose", "INFO", "-P",
                                          os.path.join(str(tmp_path), "p")],
-                                cwd=str(tmp_path), env=env(), stdout=subprocess.PIPE,
+                                cwd=str(tmp_path), env=server_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         time.sleep(1.5)
         proc.terminate()
@@ -582,9 +569,9 @@ def test_log_to_stderr_and_none(tmp_path) -> None:  # type: ignore
         assert not os.path.exists(os.path.join(str(tmp_path), target))
 
 
-def test_syslog_option_runs(tmp_path, procs) -> None:  # type: ignore
+def test_syslog_option_runs(tmp_path, own_servers) -> None:  # type: ignore
     p = Proc(str(tmp_path), ["--syslog"])
-    procs.append(p)
+    own_servers.append(p)
     assert version_ok(p.port)
     p.signal(signal.SIGTERM)
     assert p.wait(10) == 0
@@ -593,7 +580,7 @@ def test_syslog_option_runs(tmp_path, procs) -> None:  # type: ignore
 def test_gearmand_port_env_picks_the_port(tmp_path) -> None:  # type: ignore
     port = free_low_port()
     log = os.path.join(str(tmp_path), "g.log")
-    e = env()
+    e = server_env()
     e["GEARMAND_PORT"] = str(port)
     proc = subprocess.Popen(cmd() + ["-L", "127.0.0.1", "-l", log, "--verbose", "INFO", "-P",
                                      os.path.join(str(tmp_path), "p")], env=e,
@@ -612,7 +599,7 @@ def test_bare_v_sets_the_log_level(tmp_path, flags, listening) -> None:  # type:
     log = os.path.join(str(tmp_path), "v.log")
     port = free_low_port()
     proc = subprocess.Popen(cmd() + ["-p", str(port), "-L", "127.0.0.1", "-l", log, "-P",
-                                     os.path.join(str(tmp_path), "p")] + flags, env=env(),
+                                     os.path.join(str(tmp_path), "p")] + flags, env=server_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: port_open(port), 20)

@@ -24,8 +24,8 @@ from gearmand_py.errors import QueueError
 from gearmand_py.queues import create as create_backend
 from gearmand_py.queues.base import HIGH, LOW, NORMAL, StoredJob
 from gearmand_py.settings import Settings
+from support import IN_CI, free_low_port
 
-IN_CI = bool(os.environ.get("CI"))
 RUN = uuid.uuid4().hex[:8]
 PG = ("127.0.0.1", 5432)
 MY = ("127.0.0.1", 3306)
@@ -62,12 +62,6 @@ def need_module(name: str) -> None:
         unavailable(f"Python package {name} is not installed")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def spawn_memcached(*extra: str) -> Iterator[Tuple[str, int]]:
     """Our own memcached on a free loopback port, stopped on exit."""
@@ -76,7 +70,7 @@ def spawn_memcached(*extra: str) -> Iterator[Tuple[str, int]]:
     if exe is None:
         unavailable("memcached is not installed (apt: memcached)")
     assert exe is not None
-    port = free_port()
+    port = free_low_port()
     args = [exe, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", *extra]
     if os.geteuid() == 0:
         args += ["-u", "root"]
@@ -202,11 +196,11 @@ def drop_storage(name: str, args: List[str]) -> None:
         pass
 
 
-Factory = Callable[..., object]
+BackendFactory = Callable[..., object]
 
 
 @pytest.fixture(params=BACKENDS)
-def make(request: pytest.FixtureRequest, tmp_path: "os.PathLike[str]") -> Iterator[Factory]:
+def make(request: pytest.FixtureRequest, tmp_path: "os.PathLike[str]") -> Iterator[BackendFactory]:
     """``make(variant="a")`` -> an opened backend of this parameter's kind."""
     name = request.param
     mc = require_backend(name, request)
@@ -248,14 +242,14 @@ def put(backend: object, *jobs: StoredJob) -> None:
 
 # ---- the contract -----------------------------------------------------------------------
 
-def test_protocol_attributes(make: Factory) -> None:
+def test_protocol_attributes(make: BackendFactory) -> None:
     b = make()
     assert b.durable is True  # type: ignore[attr-defined]
     expected_epoch = make.name not in ("redis", "libmemcached")  # type: ignore[attr-defined]
     assert b.supports_epoch is expected_epoch  # type: ignore[attr-defined]
 
 
-def test_round_trip_and_done(make: Factory) -> None:
+def test_round_trip_and_done(make: BackendFactory) -> None:
     b = make()
     assert stored(b) == {}
     jobs = [StoredJob(b"u1", b"fa", b"one", NORMAL, 0),
@@ -270,7 +264,7 @@ def test_round_trip_and_done(make: Factory) -> None:
     assert stored(b) == {}
 
 
-def test_binary_and_empty_data(make: Factory) -> None:
+def test_binary_and_empty_data(make: BackendFactory) -> None:
     b = make()
     blob = bytes(range(256)) + b"\0\0tail\0"
     put(b, StoredJob(b"bin", b"f", blob, NORMAL, 0),
@@ -284,7 +278,7 @@ def test_binary_and_empty_data(make: Factory) -> None:
 
 @pytest.mark.parametrize("unique", [b"it's", b"a'; DROP TABLE x; --", b"dash-ed-unique",
                                     b'quo"te\\', "caf\u00e9-\u2603".encode()])
-def test_awkward_uniques(make: Factory, unique: bytes) -> None:
+def test_awkward_uniques(make: BackendFactory, unique: bytes) -> None:
     b = make()
     if make.name == "libmemcached" and len(unique.split()) > 1:  # type: ignore[attr-defined]
         # memcached's text protocol has no way to send a key with spaces: refused.
@@ -299,7 +293,7 @@ def test_awkward_uniques(make: Factory, unique: bytes) -> None:
     assert stored(b) == {}
 
 
-def test_hyphenated_function(make: Factory) -> None:
+def test_hyphenated_function(make: BackendFactory) -> None:
     b = make()
     job = StoredJob(b"u-1", b"my-func-name", b"d", LOW, 0)
     put(b, job)
@@ -314,7 +308,7 @@ def test_hyphenated_function(make: Factory) -> None:
     assert stored(b) == {}
 
 
-def test_priorities_and_when(make: Factory) -> None:
+def test_priorities_and_when(make: BackendFactory) -> None:
     b = make()
     epoch = b.supports_epoch  # type: ignore[attr-defined]
     when = 1_900_000_000 if epoch else 0
@@ -326,7 +320,7 @@ def test_priorities_and_when(make: Factory) -> None:
         assert got[(b"f", j.unique)] == j
 
 
-def test_epoch_jobs_stored_or_refused(make: Factory) -> None:
+def test_epoch_jobs_stored_or_refused(make: BackendFactory) -> None:
     b = make()
     job = StoredJob(b"e", b"f", b"", NORMAL, 1_900_000_000)
     if b.supports_epoch:  # type: ignore[attr-defined]
@@ -338,14 +332,14 @@ def test_epoch_jobs_stored_or_refused(make: Factory) -> None:
         assert stored(b) == {}
 
 
-def test_duplicate_add_replaces(make: Factory) -> None:
+def test_duplicate_add_replaces(make: BackendFactory) -> None:
     b = make()
     put(b, StoredJob(b"dup", b"f", b"first", LOW, 0))
     put(b, StoredJob(b"dup", b"f", b"second", HIGH, 0))
     assert stored(b) == {(b"f", b"dup"): StoredJob(b"dup", b"f", b"second", HIGH, 0)}
 
 
-def test_done_of_missing_row(make: Factory) -> None:
+def test_done_of_missing_row(make: BackendFactory) -> None:
     b = make()
     put(b, StoredJob(b"keep", b"f", b"x", NORMAL, 0))
     b.done(b"nope", b"f")  # type: ignore[attr-defined]
@@ -353,7 +347,7 @@ def test_done_of_missing_row(make: Factory) -> None:
     assert set(stored(b)) == {(b"f", b"keep")}
 
 
-def test_reopen_after_close(make: Factory) -> None:
+def test_reopen_after_close(make: BackendFactory) -> None:
     b = make()
     job = StoredJob(b"persist", b"f", b"data\0", LOW, 0)
     put(b, job)
@@ -365,7 +359,7 @@ def test_reopen_after_close(make: Factory) -> None:
     assert stored(again) == {(b"f", b"persist"): job}
 
 
-def test_table_or_prefix_option_selects_storage(make: Factory) -> None:
+def test_table_or_prefix_option_selects_storage(make: BackendFactory) -> None:
     a = make("a")
     other = make("b")
     put(a, StoredJob(b"ua", b"f", b"A", NORMAL, 0))
@@ -374,7 +368,7 @@ def test_table_or_prefix_option_selects_storage(make: Factory) -> None:
     assert set(stored(other)) == {(b"f", b"ub")}
 
 
-def test_many_jobs_replay_in_full(make: Factory) -> None:
+def test_many_jobs_replay_in_full(make: BackendFactory) -> None:
     b = make()
     jobs = [StoredJob(b"m%d" % i, b"f%d" % (i % 3), b"x" * i, i % 3, 0) for i in range(200)]
     put(b, *jobs)

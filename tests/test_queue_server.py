@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import pytest
 from gearproto import Conn
-from support import C_GEARMAND, Server, py_gearmand_cmd, require
+from support import C_GEARMAND, server_env, py_gearmand_cmd, require, Server
 from test_queue_contract import (  # noqa: F401  (memcached_server is a fixture)
     BACKENDS,
     memcached_server,
@@ -30,9 +30,8 @@ from test_queue_contract import (  # noqa: F401  (memcached_server is a fixture)
 from gearmand_py.queues import create as create_backend
 from gearmand_py.queues.base import StoredJob
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Make the console script import this checkout, whatever is installed.
-ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+ENV = server_env()
 NO_EPOCH = ("redis", "libmemcached")
 C_MODULES = ("libsqlite3", "postgres", "mysql", "redis", "libmemcached")
 

@@ -11,20 +11,11 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 from gearproto import Conn, grab, pack, status_rows, submit
-from support import Server
+from support import IMPL, Server, only_ours, sync
 
-IMPL = os.environ.get("GEARMAND_TEST_IMPL", "py")
-only_ours = pytest.mark.skipif(IMPL == "c", reason="deliberate difference from C 1.1.20")
-Factory = Callable[..., Server]
-
-
-def sync(conn: Conn) -> None:
-    conn.send("GET_STATUS", b"H:sync:0")
-    conn.expect("STATUS_RES")
 
 
 class Bystanders:

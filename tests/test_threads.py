@@ -1,6 +1,7 @@
 """The -t thread model: /proc/PID/task counts (ours only) and round trips for every -t value.
 
-Our design (design.md): -t 0 -> 1 thread, -t 1 -> 2 threads, -t N>=2 -> N + 2 threads.
+The thread model (README, docs/architecture.md): -t 0 -> 1 thread, -t 1 -> 2 threads,
+-t N>=2 -> N + 2 threads.
 C gearmand 1.1.20 differs (it also runs an epoch clock thread), so the counts are checked
 against our server only; the round trips run against whichever server is selected.
 """
@@ -10,16 +11,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from gearproto import Conn, grab, status_rows, submit
-from support import Server
+from support import Factory, IMPL, Server
 
-IMPL = os.environ.get("GEARMAND_TEST_IMPL", "py")
 only_ours = pytest.mark.skipif(IMPL == "c", reason="thread layout differs from C 1.1.20")
-Factory = Callable[..., Server]
 
 EXPECTED_THREADS = {"0": 1, "1": 2, "2": 4, "4": 6}
 

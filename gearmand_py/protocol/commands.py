@@ -14,7 +14,6 @@ HEADER_SIZE = 12
 
 
 class Cmd(enum.IntEnum):
-    TEXT = 0
     CAN_DO = 1
     CANT_DO = 2
     RESET_ABILITIES = 3
@@ -63,61 +62,62 @@ class Spec(NamedTuple):
     """argc: number of arguments; has_data: the last part is opaque data after argc NULs.
 
     Without data the last of the argc arguments is the rest of the payload (may hold NULs).
-    to_server / to_client: which directions the packet legitimately travels.
+    to_server: a request a client or worker sends (it must carry the request magic).
     """
 
     argc: int
     has_data: bool
     to_server: bool
-    to_client: bool
 
 
-_S, _C, _B = (True, False), (False, True), (True, True)
+#: Packets that travel to the server (_S: requests, _B: worker results that the server
+#: also forwards to clients) and those it only sends (_C).
+_S = _B = True
+_C = False
 
 COMMANDS: Dict[int, Spec] = {
-    Cmd.TEXT: Spec(5, False, False, False),
-    Cmd.CAN_DO: Spec(1, False, *_S),
-    Cmd.CANT_DO: Spec(1, False, *_S),
-    Cmd.RESET_ABILITIES: Spec(0, False, *_S),
-    Cmd.PRE_SLEEP: Spec(0, False, *_S),
-    Cmd.UNUSED: Spec(0, False, False, False),
-    Cmd.NOOP: Spec(0, False, *_C),
-    Cmd.SUBMIT_JOB: Spec(2, True, *_S),
-    Cmd.JOB_CREATED: Spec(1, False, *_C),
-    Cmd.GRAB_JOB: Spec(0, False, *_S),
-    Cmd.NO_JOB: Spec(0, False, *_C),
-    Cmd.JOB_ASSIGN: Spec(2, True, *_C),
-    Cmd.WORK_STATUS: Spec(3, False, *_B),
-    Cmd.WORK_COMPLETE: Spec(1, True, *_B),
-    Cmd.WORK_FAIL: Spec(1, False, *_B),
-    Cmd.GET_STATUS: Spec(1, False, *_S),
-    Cmd.ECHO_REQ: Spec(0, True, *_S),
-    Cmd.ECHO_RES: Spec(0, True, *_C),
-    Cmd.SUBMIT_JOB_BG: Spec(2, True, *_S),
-    Cmd.ERROR: Spec(2, False, *_C),
-    Cmd.STATUS_RES: Spec(5, False, *_C),
-    Cmd.SUBMIT_JOB_HIGH: Spec(2, True, *_S),
-    Cmd.SET_CLIENT_ID: Spec(1, False, *_S),
-    Cmd.CAN_DO_TIMEOUT: Spec(2, False, *_S),
-    Cmd.ALL_YOURS: Spec(0, False, *_S),
-    Cmd.WORK_EXCEPTION: Spec(1, True, *_B),
-    Cmd.OPTION_REQ: Spec(1, False, *_S),
-    Cmd.OPTION_RES: Spec(1, False, *_C),
-    Cmd.WORK_DATA: Spec(1, True, *_B),
-    Cmd.WORK_WARNING: Spec(1, True, *_B),
-    Cmd.GRAB_JOB_UNIQ: Spec(0, False, *_S),
-    Cmd.JOB_ASSIGN_UNIQ: Spec(3, True, *_C),
-    Cmd.SUBMIT_JOB_HIGH_BG: Spec(2, True, *_S),
-    Cmd.SUBMIT_JOB_LOW: Spec(2, True, *_S),
-    Cmd.SUBMIT_JOB_LOW_BG: Spec(2, True, *_S),
-    Cmd.SUBMIT_JOB_SCHED: Spec(7, True, *_S),
-    Cmd.SUBMIT_JOB_EPOCH: Spec(3, True, *_S),
-    Cmd.SUBMIT_REDUCE_JOB: Spec(4, True, *_S),
-    Cmd.SUBMIT_REDUCE_JOB_BACKGROUND: Spec(4, True, *_S),
-    Cmd.GRAB_JOB_ALL: Spec(0, False, *_S),
-    Cmd.JOB_ASSIGN_ALL: Spec(4, True, *_C),
-    Cmd.GET_STATUS_UNIQUE: Spec(1, False, *_S),
-    Cmd.STATUS_RES_UNIQUE: Spec(6, False, *_C),
+    Cmd.CAN_DO: Spec(1, False, _S),
+    Cmd.CANT_DO: Spec(1, False, _S),
+    Cmd.RESET_ABILITIES: Spec(0, False, _S),
+    Cmd.PRE_SLEEP: Spec(0, False, _S),
+    Cmd.UNUSED: Spec(0, False, False),
+    Cmd.NOOP: Spec(0, False, _C),
+    Cmd.SUBMIT_JOB: Spec(2, True, _S),
+    Cmd.JOB_CREATED: Spec(1, False, _C),
+    Cmd.GRAB_JOB: Spec(0, False, _S),
+    Cmd.NO_JOB: Spec(0, False, _C),
+    Cmd.JOB_ASSIGN: Spec(2, True, _C),
+    Cmd.WORK_STATUS: Spec(3, False, _B),
+    Cmd.WORK_COMPLETE: Spec(1, True, _B),
+    Cmd.WORK_FAIL: Spec(1, False, _B),
+    Cmd.GET_STATUS: Spec(1, False, _S),
+    Cmd.ECHO_REQ: Spec(0, True, _S),
+    Cmd.ECHO_RES: Spec(0, True, _C),
+    Cmd.SUBMIT_JOB_BG: Spec(2, True, _S),
+    Cmd.ERROR: Spec(2, False, _C),
+    Cmd.STATUS_RES: Spec(5, False, _C),
+    Cmd.SUBMIT_JOB_HIGH: Spec(2, True, _S),
+    Cmd.SET_CLIENT_ID: Spec(1, False, _S),
+    Cmd.CAN_DO_TIMEOUT: Spec(2, False, _S),
+    Cmd.ALL_YOURS: Spec(0, False, _S),
+    Cmd.WORK_EXCEPTION: Spec(1, True, _B),
+    Cmd.OPTION_REQ: Spec(1, False, _S),
+    Cmd.OPTION_RES: Spec(1, False, _C),
+    Cmd.WORK_DATA: Spec(1, True, _B),
+    Cmd.WORK_WARNING: Spec(1, True, _B),
+    Cmd.GRAB_JOB_UNIQ: Spec(0, False, _S),
+    Cmd.JOB_ASSIGN_UNIQ: Spec(3, True, _C),
+    Cmd.SUBMIT_JOB_HIGH_BG: Spec(2, True, _S),
+    Cmd.SUBMIT_JOB_LOW: Spec(2, True, _S),
+    Cmd.SUBMIT_JOB_LOW_BG: Spec(2, True, _S),
+    Cmd.SUBMIT_JOB_SCHED: Spec(7, True, _S),
+    Cmd.SUBMIT_JOB_EPOCH: Spec(3, True, _S),
+    Cmd.SUBMIT_REDUCE_JOB: Spec(4, True, _S),
+    Cmd.SUBMIT_REDUCE_JOB_BACKGROUND: Spec(4, True, _S),
+    Cmd.GRAB_JOB_ALL: Spec(0, False, _S),
+    Cmd.JOB_ASSIGN_ALL: Spec(4, True, _C),
+    Cmd.GET_STATUS_UNIQUE: Spec(1, False, _S),
+    Cmd.STATUS_RES_UNIQUE: Spec(6, False, _C),
 }
 
 MAX_COMMAND = max(COMMANDS)
