@@ -206,9 +206,16 @@ class IOLoop:
         if not data:
             self._drop(conn)
             return
-        events = conn.codec.feed(data)
+        self._feed(conn, data)
+
+    def _feed(self, conn: Connection, data: bytes) -> None:
+        codec = conn.codec
+        events = codec.feed(data)
         if events:
             self._round.append((conn.id, events))
+        if codec.interim:
+            self._dirty.setdefault(conn, []).append(codec.interim)
+            codec.interim = b""
 
     def _handshake(self, conn: Connection) -> None:
         """Drive a TLS handshake without blocking; then serve the connection as usual."""
@@ -289,6 +296,8 @@ class IOLoop:
                         dirty[conn] = [data]
                     else:
                         pending.append(data)
+                if codec.backlog:
+                    self._feed(conn, b"")
                 if not codec.closing:
                     continue
             conn.close_after = True

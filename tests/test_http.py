@@ -83,10 +83,10 @@ def test_foreground_background_echo_head_and_bad_method(
     t = threading.Thread(target=reverse_worker, args=(srv, stop, seen), daemon=True)
     t.start()
     try:
-        raw = http(port, b"POST /rev HTTP/1.1\r\nContent-Length: 5\r\n"
-                         b"X-Gearman-Unique: u1\r\n\r\nhello")
+        raw = http(port, b"POST /rev HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                         b"Connection: close\r\nX-Gearman-Unique: u1\r\n\r\nhello")
         status, hdrs, body = headers_body(raw)
-        assert status == b"HTTP/1.0 200 OK"
+        assert status == b"HTTP/1.1 200 OK"     # an HTTP/1.1 request gets HTTP/1.1
         assert hdrs[b"X-Gearman-Command"] == b"WORK_COMPLETE"
         assert hdrs[b"X-Gearman-Job-Handle"].startswith(b"H:")
         assert hdrs[b"Server"] == b"Gearman/1.1.20"
@@ -108,7 +108,8 @@ def test_foreground_background_echo_head_and_bad_method(
 
         status, _, _ = headers_body(http(port, b"DELETE /rev HTTP/1.0\r\n\r\n"))
         assert status == b"HTTP/1.0 405 METHOD_NOT_ALLOWED"
-        assert http(port, b"GET /rev HTTP/2.0\r\n\r\n") == b""      # closed, no reply
+        status, _, _ = headers_body(http(port, b"GET /rev HTTP/2.0\r\n\r\n"))
+        assert status == b"HTTP/1.0 505 HTTP Version Not Supported"    # then closed
     finally:
         stop.set()
         t.join(5)
@@ -124,7 +125,7 @@ def test_curl_with_gearman_cli_worker(http_server: Tuple[Server, int]) -> None:
                               f"http://127.0.0.1:{port}/upper"],
                              capture_output=True, timeout=20, check=True).stdout
     status, hdrs, body = headers_body(out)
-    assert status == b"HTTP/1.0 200 OK"
+    assert status == b"HTTP/1.1 200 OK"
     assert body == b"GEARMAN"
 
 
@@ -138,7 +139,91 @@ def test_differential_foreground_post_matches_c(server_factory: Callable[..., Se
         port = free_low_port()
         srv = server_factory("-t", "0", "-r", "http", "--http-port", str(port), impl=impl)
         with cli_worker(srv, "rev", "rev"):
-            raw = http(port, b"POST /rev HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            raw = http(port, b"POST /rev HTTP/1.0\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
         answers.append(raw.replace(b"Gearman/1.1.20+ds", b"Gearman/1.1.20"))
     assert answers[0] == answers[1]
     assert answers[1].endswith(b"\r\n\r\nolleh")
+
+
+# ---- HTTP/1.1 framing (h11) -------------------------------------------------------------
+
+def test_smuggling_pair_is_refused(http_server: Tuple[Server, int]) -> None:
+    """Content-Length and Transfer-Encoding together: 400 and a close, and no job."""
+    srv, port = http_server
+    raw = http(port, b"POST /smuggle HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /inner HTTP/1.1\r\n"
+                     b"Host: x\r\n\r\n")
+    status, _, body = headers_body(raw)
+    assert status == b"HTTP/1.0 400 Bad Request"
+    assert b"Transfer-Encoding" in body
+    text = admin(srv.port, "status")[0]
+    assert b"smuggle" not in text and b"inner" not in text
+
+
+def test_chunked_body_reaches_the_worker_whole(http_server: Tuple[Server, int]) -> None:
+    srv, port = http_server
+    require("/usr/bin/gearman", "the worker is libgearman's gearman CLI")
+    with cli_worker(srv, "rev", "rev"):
+        raw = http(port, b"POST /rev HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                         b"Connection: close\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n")
+    status, hdrs, body = headers_body(raw)
+    assert status == b"HTTP/1.1 200 OK"
+    assert body == b"olleh" and hdrs[b"Content-Length"] == b"5"
+
+
+def test_expect_100_continue(http_server: Tuple[Server, int]) -> None:
+    srv, port = http_server
+    require("/usr/bin/gearman", "the worker is libgearman's gearman CLI")
+    with cli_worker(srv, "rev", "rev"), \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /rev HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello")
+        rest = b""
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            rest += data
+    status, _, body = headers_body(rest)
+    assert status == b"HTTP/1.1 200 OK" and body == b"olleh"
+
+
+def test_http11_without_host_is_refused(http_server: Tuple[Server, int]) -> None:
+    """RFC 9112 3.2: an HTTP/1.1 request without Host gets 400."""
+    _, port = http_server
+    status, _, _ = headers_body(http(port, b"GET /x HTTP/1.1\r\n\r\n"))
+    assert status == b"HTTP/1.0 400 Bad Request"
+
+
+def test_keep_alive_two_requests_on_one_connection_with_curl(
+        http_server: Tuple[Server, int]) -> None:
+    require("/usr/bin/curl", "HTTP tests drive the server with curl")
+    require("/usr/bin/gearman", "the worker is libgearman's gearman CLI")
+    srv, port = http_server
+    with cli_worker(srv, "upper", "tr", "a-z", "A-Z"):
+        run = subprocess.run(["/usr/bin/curl", "-sv", "--http1.1", "--data-binary", "one",
+                              f"http://127.0.0.1:{port}/upper", "--next", "--http1.1",
+                              "--data-binary", "two", f"http://127.0.0.1:{port}/upper"],
+                             capture_output=True, timeout=20, check=True)
+    assert run.stdout == b"ONETWO"
+    log = run.stderr.decode()
+    assert log.count("HTTP/1.1 200 OK") == 2
+    assert "Re-using existing connection" in log or "Reusing existing" in log
+
+
+def test_pipelined_requests_answered_in_order(http_server: Tuple[Server, int]) -> None:
+    """Two requests in one write: the second is parsed after the first is answered."""
+    _, port = http_server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 2\r\nConnection: close\r\n\r\nhi")
+        raw = b""
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            raw += data
+    assert raw.count(b"HTTP/1.1 404 NOT_FOUND\r\n") == 2
+    assert raw.endswith(b"\r\n\r\n")

@@ -29,6 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
         #: Set once the codec wants its connection closed after the replies queued so far.
         closing: bool
+        #: Bytes to send before any reply (e.g. HTTP's "100 Continue"); the I/O thread
+        #: takes them after each ``feed`` and empties it.
+        interim: bytes
+        #: Set by ``respond`` when input is buffered that ``feed(b"")`` may now turn into
+        #: events (a request that waited for the previous response).
+        backlog: bool
 
         @property
         def missing(self) -> int:

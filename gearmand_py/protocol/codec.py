@@ -66,8 +66,11 @@ class Decoder:
 
     __slots__ = ("_chunks", "_have", "_need", "max_packet", "failed")
 
-    #: The Gear port never closes a connection because of a reply it sends.
+    #: The Gear port never closes a connection because of a reply it sends, never has
+    #: bytes due before a reply, and parses everything it is fed at once.
     closing = False
+    interim = b""
+    backlog = False
 
     def __init__(self, max_packet: int) -> None:
         self._chunks: List[bytes] = []   # unparsed input
