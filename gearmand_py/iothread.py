@@ -20,6 +20,7 @@ it posts each round to the processing thread's inbox and reads replies from its 
 
 from __future__ import annotations
 
+import heapq
 import logging
 import select
 import socket
@@ -119,6 +120,8 @@ class IOLoop:
         self.running = False
         self._round: Round = []
         self._dirty: Dict[Connection, List[bytes]] = {}
+        #: (deadline, conn_id) of TLS handshakes under way, soonest first.
+        self._handshakes: List[Tuple[float, int]] = []
         self._on_message: Dict[int, Callable[[Tuple[Any, ...]], None]] = {
             REPLIES: self._on_replies,
             ADOPT: self._on_adopt,
@@ -139,6 +142,9 @@ class IOLoop:
         read = self._read
         while self.running:
             timeout = proc.timeout() if proc is not None else None
+            if self._handshakes:
+                left = max(0.0, self._handshakes[0][0] - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
             for fd, mask in poll(-1 if timeout is None else timeout):
                 data = by_fd.get(fd)
                 if data is None:
@@ -155,6 +161,8 @@ class IOLoop:
                     self._mailbox()
                 else:
                     self._accept(*data)  # type: ignore[misc]
+            if self._handshakes:
+                self._expire_handshakes()
             self._settle()
         self._shutdown()
 
@@ -235,6 +243,18 @@ class IOLoop:
         self._update_interest(conn)
         self._read(conn)                       # the client may have sent requests already
 
+    def _expire_handshakes(self) -> None:
+        """Close peers that did not finish their TLS handshake in time (silent ones, and
+        garbage that looks like the start of a TLS record)."""
+        now = time.monotonic()
+        pending = self._handshakes
+        while pending and pending[0][0] <= now:
+            conn = self.conns.get(heapq.heappop(pending)[1])
+            if conn is not None and conn.handshaking:
+                log.info("TLS handshake not completed in time, closing %s:%d",
+                         conn.addr[0], conn.addr[1])
+                self._drop(conn)
+
     def _want(self, conn: Connection, events: int) -> None:
         if events != conn.events:
             conn.events = events
@@ -275,6 +295,9 @@ class IOLoop:
                 return
         conn = Connection(conn_id, sock, addr, port.codec())
         self.conns[conn_id] = conn
+        if conn.handshaking:
+            heapq.heappush(self._handshakes,
+                           (time.monotonic() + port.handshake_timeout, conn_id))
         self._register(conn.fd, EV_READ, conn)
         self._round.append((conn_id, [(CONNECT, False, (sock.fileno(), addr[0], addr[1]))]))
 

@@ -29,6 +29,8 @@ DEFAULT_PID_FILE = "/var/gearmand.pid"
 DEFAULT_SSL_CA = "/etc/ssl/certs/gearmand-ca.pem"
 DEFAULT_SSL_CERT = "/etc/ssl/certs/gearmand.pem"
 DEFAULT_SSL_KEY = "/etc/ssl/certs/gearmand.key"
+#: Seconds a TLS peer has to complete its handshake before it is closed.
+DEFAULT_SSL_HANDSHAKE_TIMEOUT = 5
 DEFAULT_PORT = "4730"
 #: More I/O threads than this is a typo (gearmand would wrap -t -1 to 4294967295).
 MAX_THREADS = 1024
@@ -75,6 +77,7 @@ class Settings:
     ssl_ca_file: str = DEFAULT_SSL_CA
     ssl_certificate: str = DEFAULT_SSL_CERT
     ssl_key: str = DEFAULT_SSL_KEY
+    ssl_handshake_timeout: int = DEFAULT_SSL_HANDSHAKE_TIMEOUT
 
     def queue_option(self, name: str, default: Optional[str] = None) -> Optional[str]:
         for key, value in self.queue_options:
@@ -244,6 +247,10 @@ OPTIONS: List[Option] = [
     _o("ssl-ca-file", None, "str", DEFAULT_SSL_CA, "CA file.", section="Gear"),
     _o("ssl-certificate", None, "str", DEFAULT_SSL_CERT, "SSL certificate.", section="Gear"),
     _o("ssl-key", None, "str", DEFAULT_SSL_KEY, "SSL key for certificate.", section="Gear"),
+    _o("ssl-handshake-timeout", None, "u32", DEFAULT_SSL_HANDSHAKE_TIMEOUT,
+       "Seconds a TLS peer has to complete its handshake; a silent or garbage peer is closed "
+       "then. (gearmand-py extension)", section="Gear", extension=True,
+       limits=(1, 3600)),
     # queue modules
     _q("libmemcached-servers", "str", None, "List of Memcached servers to use.",
        "libmemcached"),

@@ -9,10 +9,12 @@ import ssl
 import struct
 import subprocess
 import threading
+import time
 from typing import Callable, Dict, Iterator, Tuple
 
 import pytest
 
+from gearproto import wait_for
 from support import Server, py_gearmand_cmd, require
 
 
@@ -143,3 +145,63 @@ def test_bad_certificate_is_one_line_and_exit_1() -> None:
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "SSL certificate /nonexistent/cert.pem" in lines[0], r.stderr
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.parametrize("threads", ["0", "2"])
+def test_silent_and_garbage_peers_are_closed_after_the_handshake_timeout(
+        certs: Dict[str, str], server_factory: Callable[..., Server], threads: str) -> None:
+    """300 peers that never send a byte and 200 that send garbage, some of it shaped like
+    the start of a TLS record (so the handshake waits for more): TLS clients keep working
+    meanwhile, and every such peer is closed once --ssl-handshake-timeout passes."""
+    srv = server_factory("-t", threads, "--ssl", "--ssl-certificate", certs["cert"],
+                         "--ssl-key", certs["key"], "--ssl-handshake-timeout", "3", "-b", "1024",
+                         impl="py", ready_tls=certs["cert"])
+    with tls_connect(srv.port, certs["cert"]) as probe:   # warm: lazy imports, TLS context
+        probe.sendall(b"version\r\n")
+        assert probe.recv(100) == b"OK 1.1.20\n"
+    time.sleep(0.3)
+    baseline = open_fds(srv.pid)
+    garbage = [os.urandom(64), b"\x16\x03\x01\xff\xff" + os.urandom(32),  # record, cut short
+               b"\x16\x03\x03\x00\x10", b"GET / HTTP/1.0\r\n\r\n"]
+    peers = []
+    try:
+        for _ in range(300):
+            peers.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
+        for i in range(200):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.sendall(garbage[i % len(garbage)])
+            peers.append(s)
+        assert wait_for(lambda: open_fds(srv.pid) > baseline + 250, 2.0)  # accepted
+        start = time.monotonic()
+        while time.monotonic() - start < 1.0:            # TLS clients are served meanwhile
+            t0 = time.monotonic()
+            with tls_connect(srv.port, certs["cert"]) as good:
+                good.sendall(pk(16, b"ping"))
+                assert recv_packet(good) == (17, b"ping")
+            assert time.monotonic() - t0 < 0.5
+        deadline = time.monotonic() + 8
+        while open_fds(srv.pid) > baseline and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert open_fds(srv.pid) <= baseline, "peers left open after the handshake timeout"
+        closed = 0
+        for s in peers:                # each sees EOF (a TLS alert may come first)
+            s.settimeout(2)
+            try:
+                while s.recv(4096):
+                    pass
+                closed += 1
+            except ConnectionResetError:
+                closed += 1
+            except OSError:
+                pass
+        assert closed == len(peers)
+    finally:
+        for s in peers:
+            s.close()
+    with tls_connect(srv.port, certs["cert"]) as good:
+        good.sendall(b"version\r\n")
+        assert good.recv(100) == b"OK 1.1.20\n"

@@ -56,6 +56,7 @@ class Port:
     name: str                                   # "Gear", "HTTP": for logs
     codec: Callable[[], "Codec"]                # a new codec for each connection
     tls: Optional[ssl.SSLContext] = None        # wrap accepted sockets (server side)
+    handshake_timeout: float = 0.0              # seconds to finish the TLS handshake
     note: str = ""                              # appended to the "Initializing" log line
 
 

@@ -18,6 +18,7 @@ def _listen_port(settings: Settings) -> str:
 def _open(settings: Settings) -> Port:
     tls = server_context(settings)         # before -u: keys are usually root-only
     return Port("Gear", functools.partial(Decoder, settings.max_packet_size), tls,
+                settings.ssl_handshake_timeout,
                 " with SSL: " + ("true" if tls is not None else "false"))
 
 
