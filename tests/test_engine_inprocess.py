@@ -213,6 +213,60 @@ def test_priority_order_high_normal_low_then_fifo(h: Harness) -> None:
     assert h.grab(w) == ("NO_JOB",)
 
 
+def test_round_robin_rotates_a_workers_functions() -> None:
+    for rr, expected in ((False, [b"a1", b"a2", b"b1", b"b2"]),
+                         (True, [b"a1", b"b1", b"a2", b"b2"])):
+        h = Harness(round_robin=rr)
+        c = h.connect()
+        for data in ("a1", "a2"):
+            h.submit(c, "a", data, cmd="SUBMIT_JOB_BG")
+        for data in ("b1", "b2"):
+            h.submit(c, "b", data, cmd="SUBMIT_JOB_BG")
+        w = h.worker("a", "b")
+        got = []
+        for _ in range(4):
+            p = h.grab(w)
+            assert p is not None and p.name == "JOB_ASSIGN"
+            got.append(p.args[2])
+        assert got == expected, rr
+
+
+def test_reduce_job_and_grab_job_all(h: Harness) -> None:
+    c = h.connect()
+    h.req(c, "SUBMIT_REDUCE_JOB", "mapper", "uq", "reducer", "", "in")
+    assert h.replies() == {c: [("JOB_CREATED", b"H:unit:1")]}
+    w = h.worker("mapper")
+    assert h.grab(w, "GRAB_JOB_ALL") == ("JOB_ASSIGN_ALL", b"H:unit:1", b"mapper", b"uq",
+                                         b"reducer", b"in")
+    # Without a reducer GRAB_JOB_ALL answers like GRAB_JOB_UNIQ.
+    h.submit(c, "mapper", "plain", unique="u2")
+    assert h.grab(w, "GRAB_JOB_ALL") == ("JOB_ASSIGN_UNIQ", b"H:unit:2", b"mapper", b"u2",
+                                         b"plain")
+    h.req(w, "WORK_COMPLETE", "H:unit:1", "out")
+    assert h.replies() == {c: [("WORK_COMPLETE", b"H:unit:1", b"out")]}
+
+
+def test_epoch_job_waits_for_its_time_and_its_timer_wakes_sleepers(h: Harness) -> None:
+    c = h.connect()
+    w = h.worker("fn")
+    h.req(c, "SUBMIT_JOB_EPOCH", "fn", "", "1", "past")       # 1970: due at once
+    assert h.replies() == {c: [("JOB_CREATED", b"H:unit:1")]}
+    assert h.grab(w) == ("JOB_ASSIGN", b"H:unit:1", b"fn", b"past")
+    assert h.engine.timers == []
+    when = int(time.time()) + 3600
+    h.req(c, "SUBMIT_JOB_EPOCH", "fn", "", str(when), "future")
+    assert h.replies() == {c: [("JOB_CREATED", b"H:unit:2")]}
+    assert h.grab(w) == ("NO_JOB",)
+    h.req(w, "PRE_SLEEP")
+    assert h.replies() == {}                      # nothing due: the worker sleeps
+    [(deadline, seq, kind, job, token)] = h.engine.timers
+    assert job.handle == b"H:unit:2"
+    assert 3590 < deadline - time.monotonic() <= 3600
+    h.engine.timers[0] = (time.monotonic() - 0.001, seq, kind, job, token)
+    assert h.replies() == {w: [("NOOP",)]}        # the due timer woke the sleeper
+    assert h.engine.timers == []
+
+
 # ---- coalescing -----------------------------------------------------------------------
 
 def test_foreground_unique_coalesces_and_both_clients_get_results(h: Harness) -> None:
