@@ -109,6 +109,12 @@ class Harness:
         self.pending = {}
         return out
 
+    def raw(self) -> Dict[int, List[Optional[bytes]]]:
+        """Every reply since the last call, undecoded, per connection (None = close)."""
+        self._collect()
+        out, self.pending = self.pending, {}
+        return out
+
     def text(self, cid: int) -> bytes:
         """The raw bytes sent to one connection since the last call (admin replies)."""
         self._collect()
@@ -757,6 +763,15 @@ def test_admin_workers(h: Harness) -> None:
     assert h.admin(a, "workers") == b"11 127.0.0.1 - :\n.\n"
 
 
+def test_admin_workers_lists_higher_io_threads_first_then_newest(h: Harness) -> None:
+    a = h.connect(io_id=1)                        # 11
+    b = h.connect(io_id=2)                        # 12
+    c = h.connect(io_id=1)                        # 13
+    assert (a, b, c) == (11, 12, 13)
+    assert h.admin(a, "workers") == (b"12 127.0.0.1 - :\n13 127.0.0.1 - :\n"
+                                     b"11 127.0.0.1 - :\n.\n")
+
+
 def test_admin_show_jobs_and_unique_jobs(h: Harness) -> None:
     a = h.connect()
     h1 = h.submit(a, "fn", "data1", unique="-", cmd="SUBMIT_JOB_BG")
@@ -842,6 +857,5 @@ def test_admin_lines_in_one_read_answered_in_order(h: Harness) -> None:
 def test_admin_six_tokens_close_the_connection(h: Harness) -> None:
     a = h.connect()
     h.send(a, b"version\na b c d e f\n")
-    h._collect()
-    assert h.pending == {a: [b"OK 1.1.20\n", None]}
+    assert h.raw() == {a: [b"OK 1.1.20\n", None]}
     assert a not in h.engine.conns
