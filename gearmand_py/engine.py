@@ -15,7 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .log import NOTICE
-from .messages import Reply
+from .messages import PAUSE_READ, RESUME_READ, Reply
 from .protocol.codec import pack
 from .protocol.commands import Cmd
 from .queues.base import QueueBackend, StoredJob
@@ -124,6 +124,58 @@ class Engine:
         for job in list(conn.listening.values()):
             self.detach(job, conn)
         conn.listening.clear()
+        if conn.holding:
+            self.drained(conn)
+        if conn.pausers:                 # a paused worker left: its clients forget it
+            for client in conn.pausers:
+                client.holding.discard(conn)  # type: ignore[union-attr]
+            conn.pausers = None
+
+    # ---- backpressure (messages.py: CONGESTED / DRAINED, PAUSE_READ / RESUME_READ) --------
+    def congested(self, client: Peer) -> None:
+        """The client's unsent output passed its I/O thread's high-water mark: hold back
+        what streams to it."""
+        client.congested = True
+        for job in list(client.listening.values()):
+            self._hold_back(job, client)
+
+    def _hold_back(self, job: Job, client: Peer) -> None:
+        worker = job.worker
+        if worker is None or client.holding and worker in client.holding:
+            return
+        if len(job.clients) > 1:
+            # A shared (coalesced) job: the others keep their stream; the slow client is
+            # failed out of this job (it reads WORK_FAIL once it catches up).
+            log.warning("client %s:%d cannot keep up with job %s shared by %d clients; "
+                        "failing it for that client", client.ip, client.port,
+                        job.handle.decode(), len(job.clients))
+            self.send(client, pack(Cmd.WORK_FAIL, job.handle))
+            client.listening.pop(job.handle, None)
+            self.detach(job, client)
+            return
+        if client.holding is None:
+            client.holding = set()
+        client.holding.add(worker)
+        if not worker.pausers:
+            worker.pausers = set()
+            self.send_flow(worker, PAUSE_READ)
+        worker.pausers.add(client)  # type: ignore[union-attr]
+
+    def drained(self, client: Peer) -> None:
+        """The client caught up (or left): resume the workers paused for it alone."""
+        client.congested = False
+        for worker in client.holding or ():
+            pausers = worker.pausers
+            if pausers is not None:
+                pausers.discard(client)
+                if not pausers:
+                    worker.pausers = None
+                    if worker.id in self.conns:
+                        self.send_flow(worker, RESUME_READ)
+        client.holding = None
+
+    def send_flow(self, conn: Peer, op: int) -> None:
+        self.out.setdefault(conn.io_id, []).append((conn.id, op))
 
     def _remove_worker(self, func: Function, conn: Peer) -> None:
         try:
@@ -359,6 +411,8 @@ class Engine:
     def forward(self, job: Job, packet: bytes) -> None:
         for client in job.clients:
             self.send(client, packet)
+            if client.congested:
+                self._hold_back(job, client)
 
     def finish(self, job: Job) -> None:
         worker = job.worker

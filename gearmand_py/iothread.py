@@ -28,9 +28,11 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
+from . import malloc
 from .listener import accept_all
 from .mailbox import Mailbox
-from .messages import ADOPT, CALL, CLOSED, CONNECT, EVENTS, REPLIES, STOP, Reply, Round
+from .messages import (ADOPT, CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, PAUSE_READ,
+                       REPLIES, STOP, Reply, Round)
 from .protocol import Port
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,6 +59,14 @@ READ_SIZE = 65536
 MAX_READ_SIZE = 16 * 1024 * 1024
 #: Stop reading from a connection while this much output waits for it (backpressure).
 PAUSE_READ_AT = 4 * 1024 * 1024
+#: Output waiting for a connection above this: it is congested, and the processor pauses
+#: the connections that feed it (messages.py, "Backpressure") ...
+HIGH_WATER = 4 * 1024 * 1024
+#: ... until it falls below this.
+LOW_WATER = 1024 * 1024
+#: Freed output of at least this size is handed back to the OS (malloc_trim) when its
+#: connection closes.
+TRIM_AFTER = 8 * 1024 * 1024
 #: Output batches up to this size are joined into one send; larger ones use sendmsg.
 JOIN_LIMIT = 256 * 1024
 #: At stop, how long (s) in total an I/O thread keeps sending replies it already holds.
@@ -80,7 +90,7 @@ class Connection:
     """A socket as its I/O thread sees it (the engine's view of the peer is state.Peer)."""
 
     __slots__ = ("id", "sock", "fd", "addr", "codec", "wq", "wlen", "close_after", "events",
-                 "tls", "handshaking")
+                 "tls", "handshaking", "congested_at", "paused")
 
     def __init__(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int],
                  codec: "Codec") -> None:
@@ -95,6 +105,8 @@ class Connection:
         self.wlen = 0
         self.close_after = False
         self.events = EV_READ
+        self.congested_at = 0.0          # monotonic time output passed HIGH_WATER; 0 = not
+        self.paused = False              # reading paused by the processor (PAUSE_READ)
 
 
 class IOLoop:
@@ -105,7 +117,8 @@ class IOLoop:
                  processor: "Optional[InlineProcessor]" = None,
                  post: Optional[Callable[[Tuple[Any, ...]], None]] = None,
                  listening: Sequence[Listening] = (),
-                 next_conn_id: Optional[Callable[[], int]] = None) -> None:
+                 next_conn_id: Optional[Callable[[], int]] = None,
+                 stall_timeout: float = 0.0) -> None:
         assert (processor is None) != (post is None), "inline processor or post, not both"
         self.io_id = io_id
         self.max_output = max_output
@@ -113,6 +126,7 @@ class IOLoop:
         self.post = post
         self.listening = list(listening)
         self.next_conn_id = next_conn_id
+        self.stall_timeout = stall_timeout     # close a congested client after this; 0 = never
         self.mailbox = Mailbox()
         self.epoll = select.epoll()
         self.by_fd: Dict[int, object] = {}
@@ -120,8 +134,9 @@ class IOLoop:
         self.running = False
         self._round: Round = []
         self._dirty: Dict[Connection, List[bytes]] = {}
-        #: (deadline, conn_id) of TLS handshakes under way, soonest first.
-        self._handshakes: List[Tuple[float, int]] = []
+        #: (deadline, conn_id, check): TLS handshakes under way and congested clients,
+        #: soonest first; ``check`` tells at the deadline whether the connection overstayed.
+        self._deadlines: List[Tuple[float, int, Callable[[Connection], bool]]] = []
         self._on_message: Dict[int, Callable[[Tuple[Any, ...]], None]] = {
             REPLIES: self._on_replies,
             ADOPT: self._on_adopt,
@@ -142,8 +157,8 @@ class IOLoop:
         read = self._read
         while self.running:
             timeout = proc.timeout() if proc is not None else None
-            if self._handshakes:
-                left = max(0.0, self._handshakes[0][0] - time.monotonic())
+            if self._deadlines:
+                left = max(0.0, self._deadlines[0][0] - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
             for fd, mask in poll(-1 if timeout is None else timeout):
                 data = by_fd.get(fd)
@@ -161,8 +176,8 @@ class IOLoop:
                     self._mailbox()
                 else:
                     self._accept(*data)  # type: ignore[misc]
-            if self._handshakes:
-                self._expire_handshakes()
+            if self._deadlines:
+                self._expire()
             self._settle()
         self._shutdown()
 
@@ -243,16 +258,16 @@ class IOLoop:
         self._update_interest(conn)
         self._read(conn)                       # the client may have sent requests already
 
-    def _expire_handshakes(self) -> None:
-        """Close peers that did not finish their TLS handshake in time (silent ones, and
-        garbage that looks like the start of a TLS record)."""
+    def _expire(self) -> None:
+        """Close connections whose deadline passed while the reason still holds: a TLS
+        handshake not finished (silent peers, and garbage shaped like the start of a TLS
+        record), a client whose output stayed over the high-water mark."""
         now = time.monotonic()
-        pending = self._handshakes
+        pending = self._deadlines
         while pending and pending[0][0] <= now:
-            conn = self.conns.get(heapq.heappop(pending)[1])
-            if conn is not None and conn.handshaking:
-                log.info("TLS handshake not completed in time, closing %s:%d",
-                         conn.addr[0], conn.addr[1])
+            _, conn_id, overdue = heapq.heappop(pending)
+            conn = self.conns.get(conn_id)
+            if conn is not None and overdue(conn):
                 self._drop(conn)
 
     def _want(self, conn: Connection, events: int) -> None:
@@ -296,8 +311,8 @@ class IOLoop:
         conn = Connection(conn_id, sock, addr, port.codec())
         self.conns[conn_id] = conn
         if conn.handshaking:
-            heapq.heappush(self._handshakes,
-                           (time.monotonic() + port.handshake_timeout, conn_id))
+            heapq.heappush(self._deadlines, (time.monotonic() + port.handshake_timeout,
+                                             conn_id, _handshake_overdue))
         self._register(conn.fd, EV_READ, conn)
         self._round.append((conn_id, [(CONNECT, False, (sock.fileno(), addr[0], addr[1]))]))
 
@@ -310,7 +325,7 @@ class IOLoop:
             conn = conns.get(conn_id)
             if conn is None:
                 continue
-            if packet is not None:
+            if packet.__class__ is bytes:
                 codec = conn.codec
                 data = codec.respond(packet)
                 if data is not None:
@@ -323,6 +338,10 @@ class IOLoop:
                     self._feed(conn, b"")
                 if not codec.closing:
                     continue
+            elif packet is not None:            # flow control
+                conn.paused = packet == PAUSE_READ
+                self._update_interest(conn)
+                continue
             conn.close_after = True
             dirty.setdefault(conn, [])
 
@@ -401,12 +420,36 @@ class IOLoop:
         want = 0
         pending = conn.wlen
         if pending:
-            want |= EV_WRITE
-        if pending < PAUSE_READ_AT and not conn.close_after:
+            want = EV_WRITE
+            if pending > HIGH_WATER and not conn.congested_at:
+                self._congested(conn)
+        if conn.congested_at and pending < LOW_WATER:
+            conn.congested_at = 0.0
+            self._round.append((conn.id, [(DRAINED, False, ())]))
+        if pending < PAUSE_READ_AT and not conn.close_after and not conn.paused:
             want |= EV_READ
         if want != conn.events:
             conn.events = want
             self.epoll.modify(conn.fd, want)
+
+    def _congested(self, conn: Connection) -> None:
+        """Output over the high-water mark: tell the processor (it pauses the producers)
+        and, with a stall timeout, arm the deadline that closes a client that never reads."""
+        now = time.monotonic()
+        conn.congested_at = now
+        self._round.append((conn.id, [(CONGESTED, False, ())]))
+        if self.stall_timeout:
+            heapq.heappush(self._deadlines, (now + self.stall_timeout, conn.id,
+                                             self._stalled))
+
+    def _stalled(self, conn: Connection) -> bool:
+        stalled = bool(conn.congested_at) and (
+            time.monotonic() - conn.congested_at >= self.stall_timeout)
+        if stalled:
+            log.warning("client %s:%d has not read its output (%d bytes waiting) for %gs, "
+                        "closing it", conn.addr[0], conn.addr[1], conn.wlen,
+                        self.stall_timeout)
+        return stalled
 
     # ---- closing ---------------------------------------------------------------------
     def _drop(self, conn: Connection) -> None:
@@ -417,6 +460,10 @@ class IOLoop:
             conn.sock.close()
         except OSError:
             pass
+        if conn.wlen >= TRIM_AFTER:             # give a slow reader's backlog back
+            conn.wq = []
+            conn.wlen = 0
+            malloc.trim()
         if log.isEnabledFor(logging.INFO):     # as gearmand: one line per closed peer
             log.info("Disconnected %s:%d", conn.addr[0], conn.addr[1])
         self._round.append((conn.id, [(CLOSED, False, ())]))
@@ -440,3 +487,10 @@ class IOLoop:
         self.by_fd.clear()
         self.epoll.close()
         self.mailbox.close()
+
+
+def _handshake_overdue(conn: Connection) -> bool:
+    if conn.handshaking:
+        log.info("TLS handshake not completed in time, closing %s:%d", conn.addr[0],
+                 conn.addr[1])
+    return conn.handshaking

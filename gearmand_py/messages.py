@@ -40,12 +40,20 @@ that number space and are all <= 0.  ``ConnEvents`` is one connection's events f
 read; a ``Round`` is the list of them from one selector round of one I/O thread.
 
 Replies.  The processor answers with ``Reply`` tuples ``(conn_id, packet)``; a packet of
-``None`` means "close this connection once its output is flushed".
+``None`` means "close this connection once its output is flushed", and PAUSE_READ /
+RESUME_READ switch reading of that connection off and on.
+
+Backpressure.  When the output waiting for a connection passes the I/O thread's high-water
+mark it reports CONGESTED; the processing thread then pauses (PAUSE_READ) the workers whose
+jobs stream to that client (they may live on other I/O threads), or, for a job that other
+clients share, fails the slow client out of that job.  Below the low-water mark the I/O
+thread reports DRAINED and the workers are resumed.  A client that stays congested longer
+than ``--client-stall-timeout`` is closed by its I/O thread (CLOSED follows).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple, Union
 
 # ---- message kinds (first element of every inbox message) ------------------------------
 EVENTS = 0      # (EVENTS, io_id, Round)                  io-K -> proc
@@ -59,8 +67,14 @@ TEXT = 0            # an admin text line; args: its tokens              (codec)
 PROTOCOL_ERROR = -1  # unparseable input; args: (message,); always last  (codec)
 CONNECT = -2        # a new connection; args: (fd, ip, port)            (I/O loop)
 CLOSED = -3         # the peer closed or the I/O loop dropped it; args: ()  (I/O loop)
+CONGESTED = -4      # output waiting for the peer passed the high-water mark  (I/O loop)
+DRAINED = -5        # ... and fell back under the low-water mark            (I/O loop)
+
+# ---- flow control: a Reply whose packet is one of these ints (proc -> io-K) ------------
+PAUSE_READ = 0      # stop reading this connection: a client it feeds is congested
+RESUME_READ = 1     # read it again
 
 Event = Tuple[int, bool, Tuple[Any, ...]]
 ConnEvents = Tuple[int, List[Event]]
 Round = List[ConnEvents]
-Reply = Tuple[int, Optional[bytes]]
+Reply = Tuple[int, Union[bytes, None, int]]

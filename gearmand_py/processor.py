@@ -22,7 +22,8 @@ from . import admin
 from .engine import Engine
 from .handlers import HANDLERS, REQUESTS
 from .mailbox import Mailbox
-from .messages import CALL, CLOSED, CONNECT, EVENTS, PROTOCOL_ERROR, REPLIES, TEXT, Reply, Round
+from .messages import (CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, PROTOCOL_ERROR,
+                       REPLIES, TEXT, Reply, Round)
 from .protocol.commands import NAMES
 from .threads import ServiceThread
 
@@ -37,6 +38,8 @@ class Processor:
         self._pseudo: Dict[int, Callable[[int, int, Tuple[Any, ...]], None]] = {
             CONNECT: self._connect,
             CLOSED: self._closed,
+            CONGESTED: self._congested,
+            DRAINED: self._drained,
             PROTOCOL_ERROR: self._protocol_error,
             TEXT: self._text,
         }
@@ -76,6 +79,16 @@ class Processor:
         peer = self.engine.conns.get(conn_id)
         if peer is not None:
             self.engine.disconnect(peer)
+
+    def _congested(self, io_id: int, conn_id: int, args: Tuple[Any, ...]) -> None:
+        peer = self.engine.conns.get(conn_id)
+        if peer is not None:
+            self.engine.congested(peer)
+
+    def _drained(self, io_id: int, conn_id: int, args: Tuple[Any, ...]) -> None:
+        peer = self.engine.conns.get(conn_id)
+        if peer is not None:
+            self.engine.drained(peer)
 
     def _protocol_error(self, io_id: int, conn_id: int, args: Tuple[Any, ...]) -> None:
         peer = self.engine.conns.get(conn_id)

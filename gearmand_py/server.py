@@ -86,15 +86,18 @@ class Server:
         threads = max(settings.threads, 0)
         max_output = max(MAX_OUTPUT_PACKETS * settings.max_packet_size, MIN_MAX_OUTPUT)
         next_id = self._next_id
+        stall = float(settings.client_stall_timeout)
         if threads == 0:
             self.loops = [IOLoop(0, max_output, processor=Processor(engine),
-                                 listening=self.listening, next_conn_id=next_id)]
+                                 listening=self.listening, next_conn_id=next_id,
+                                 stall_timeout=stall)]
             return
         if threads == 1:
-            self.loops = [IOLoop(1, max_output, processor=Processor(engine))]
+            self.loops = [IOLoop(1, max_output, processor=Processor(engine),
+                                 stall_timeout=stall)]
         else:
             inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-            self.loops = [IOLoop(i, max_output, post=inbox.put)
+            self.loops = [IOLoop(i, max_output, post=inbox.put, stall_timeout=stall)
                           for i in range(1, threads + 1)]
             self.proc_thread = ProcessorThread(
                 Processor(engine), inbox, {loop.io_id: loop.mailbox for loop in self.loops},

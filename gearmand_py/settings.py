@@ -29,6 +29,8 @@ DEFAULT_PID_FILE = "/var/gearmand.pid"
 DEFAULT_SSL_CA = "/etc/ssl/certs/gearmand-ca.pem"
 DEFAULT_SSL_CERT = "/etc/ssl/certs/gearmand.pem"
 DEFAULT_SSL_KEY = "/etc/ssl/certs/gearmand.key"
+#: Seconds a client may leave its output over the high-water mark before it is closed.
+DEFAULT_CLIENT_STALL_TIMEOUT = 30
 #: Seconds a TLS peer has to complete its handshake before it is closed.
 DEFAULT_SSL_HANDSHAKE_TIMEOUT = 5
 DEFAULT_PORT = "4730"
@@ -78,6 +80,7 @@ class Settings:
     ssl_certificate: str = DEFAULT_SSL_CERT
     ssl_key: str = DEFAULT_SSL_KEY
     ssl_handshake_timeout: int = DEFAULT_SSL_HANDSHAKE_TIMEOUT
+    client_stall_timeout: int = DEFAULT_CLIENT_STALL_TIMEOUT
 
     def queue_option(self, name: str, default: Optional[str] = None) -> Optional[str]:
         for key, value in self.queue_options:
@@ -179,6 +182,10 @@ OPTIONS: List[Option] = [
        "Check command line and configuration file arguments, then exit: status 0 when "
        "everything is valid (queue and protocol names included), 1 otherwise. Nothing is "
        "printed on success.", field=None, file_ok=False),
+    _o("client-stall-timeout", None, "u32", DEFAULT_CLIENT_STALL_TIMEOUT,
+       "Seconds a client may leave more than 4 MiB of output unread (while the workers "
+       "feeding it are paused) before its connection is closed; its foreground jobs are "
+       "then handled as a disconnect. 0 = never. (gearmand-py extension)", extension=True),
     _o("daemon", "d", SWITCH, None, "Daemon, detach and run in the background."),
     _o("exceptions", None, SWITCH, None, "Enable protocol exceptions by default."),
     _o("file-descriptors", "f", "u32", None,

@@ -7,7 +7,7 @@ Also gearmand's one-at-a-time hash, used to list functions and jobs in gearmand'
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 HIGH, NORMAL, LOW = 0, 1, 2
 PRIORITIES = (HIGH, NORMAL, LOW)
@@ -55,7 +55,8 @@ class Peer:
     view of the same socket is iothread.Connection; both share the connection id)."""
 
     __slots__ = ("id", "io_id", "fd", "ip", "port", "client_id", "abilities", "sleeping",
-                 "noop_sent", "exceptions", "held", "listening", "seq")
+                 "noop_sent", "exceptions", "held", "listening", "seq", "congested", "holding",
+                 "pausers")
 
     def __init__(self, conn_id: int, io_id: int, fd: int, ip: str, port: int, seq: int,
                  exceptions: bool) -> None:
@@ -72,6 +73,12 @@ class Peer:
         self.exceptions = exceptions
         self.held: Dict[bytes, Job] = {}         # jobs assigned to this worker, by handle
         self.listening: Dict[bytes, Job] = {}    # foreground jobs this client waits on
+        # Backpressure (engine.congested): the client's output is over the high-water mark;
+        # the workers paused for it; the congested clients this worker is paused for.
+        # The sets exist only while in use (most peers never need them).
+        self.congested = False
+        self.holding: Optional[Set[Peer]] = None
+        self.pausers: Optional[Set[Peer]] = None
 
 
 class Function:
