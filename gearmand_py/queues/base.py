@@ -1,15 +1,19 @@
-"""The queue backend contract every `-q` module implements (processing thread only).
+"""The queue backend contract every `-q` module implements, and the helpers they share.
 
 Durability point: ``add()`` then ``flush()`` return before JOB_CREATED is sent for a
 background job.  ``done()`` runs on WORK_COMPLETE/FAIL/EXCEPTION, retry drop and cancel.
-``replay()`` yields stored jobs once at start, before connections are accepted.
+``replay()`` yields stored jobs once at start, before connections are accepted.  Backends
+run on the processing thread only.
 """
 
 from __future__ import annotations
 
 from typing import Iterator, NamedTuple, Protocol
 
-HIGH, NORMAL, LOW = 0, 1, 2
+from ..state import HIGH, LOW, NORMAL
+
+__all__ = ["HIGH", "LOW", "NORMAL", "QueueBackend", "StoredJob", "one_line",
+           "stored_priority"]
 
 
 class StoredJob(NamedTuple):
@@ -37,3 +41,22 @@ class QueueBackend(Protocol):
     def replay(self) -> Iterator[StoredJob]: ...
 
     def close(self) -> None: ...
+
+
+def stored_priority(value: object) -> int:
+    """A priority read back from storage: HIGH, NORMAL or LOW; anything else (NULL, text,
+    out of range) is NORMAL, so a foreign or damaged record still replays."""
+    try:
+        priority = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return NORMAL
+    return priority if HIGH <= priority <= LOW else NORMAL
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver exception as one line for the operator.  PyMySQL's errors carry
+    ``(code, message)``: the message is shown."""
+    args = exc.args
+    text = str(args[1]) if len(args) >= 2 else str(exc)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

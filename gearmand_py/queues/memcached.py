@@ -30,7 +30,7 @@ from urllib.parse import unquote_to_bytes
 
 from ..errors import ConfigError, QueueError
 from ..settings import Settings
-from .base import NORMAL, StoredJob
+from .base import StoredJob, stored_priority
 
 DEFAULT_PREFIX = "gear_"
 DEFAULT_PORT = 11211
@@ -157,8 +157,7 @@ class MemcachedQueue:
                     if not sep:
                         continue
                     data, flags = item
-                    yield StoredJob(unique, function, data,
-                                    flags if 0 <= flags <= 2 else NORMAL, 0)
+                    yield StoredJob(unique, function, data, stored_priority(flags), 0)
 
 
 _FAIL = (b"BUSY", b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")

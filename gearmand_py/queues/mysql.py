@@ -32,7 +32,7 @@ from typing import Any, Iterator, Optional, Tuple, Type
 
 from ..errors import QueueError
 from ..settings import Settings
-from .base import NORMAL, StoredJob
+from .base import StoredJob, one_line, stored_priority
 from .dbapi import DbApiQueue
 
 CONNECT_TIMEOUT_S = 5
@@ -43,12 +43,6 @@ ER_DUP_ENTRY = 1062
 #: MySQL client errors meaning the connection is gone (CR_SERVER_GONE_ERROR, CR_SERVER_LOST,
 #: CR_SERVER_LOST_EXTENDED) or was never there (0).
 LOST_CONNECTION_CODES = (0, 2006, 2013, 2055)
-
-
-def _one_line(exc: BaseException) -> str:
-    args: tuple = tuple(getattr(exc, "args", ()))
-    text = str(args[1]) if len(args) >= 2 else (str(exc).strip() or type(exc).__name__)
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def quote_ident(name: str) -> str:
@@ -106,7 +100,7 @@ class MysqlQueue(DbApiQueue):
             self._conn = self._connect()
         except self._my.Error as exc:
             raise QueueError(f"cannot connect to {name} at {self.where}: "
-                             f"{_one_line(exc)}") from None
+                             f"{one_line(exc)}") from None
         try:
             with self._conn.cursor() as cur:
                 if self.drizzle:
@@ -123,7 +117,7 @@ class MysqlQueue(DbApiQueue):
         except self._my.Error as exc:
             self.close()
             raise QueueError(f"{name} table {self.table} at {self.where}: "
-                             f"{_one_line(exc)}") from None
+                             f"{one_line(exc)}") from None
         if "when_to_run" not in columns:
             self.supports_epoch = False
             t = self.qtable
@@ -187,7 +181,7 @@ class MysqlQueue(DbApiQueue):
             return list(cur.fetchall())
         for unique, function, data, priority, when in self._run(fetch):
             yield StoredJob(_b(unique), _b(function), _b(data),
-                            priority if priority in (0, 1, 2) else NORMAL, int(when or 0))
+                            stored_priority(priority), int(when or 0))
 
 
 def _b(value: object) -> bytes:

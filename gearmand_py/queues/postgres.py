@@ -28,16 +28,11 @@ from typing import Any, Iterator, Tuple, Type
 
 from ..errors import QueueError
 from ..settings import Settings
-from .base import NORMAL, StoredJob
+from .base import StoredJob, one_line, stored_priority
 from .dbapi import DbApiQueue
 
 DEFAULT_TABLE = "queue"
 CONNECT_TIMEOUT_S = 5
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 class PostgresQueue(DbApiQueue):
@@ -76,7 +71,7 @@ class PostgresQueue(DbApiQueue):
         try:
             params = psycopg2.extensions.parse_dsn(conninfo) if conninfo else {}
         except psycopg2.ProgrammingError as exc:
-            raise QueueError(f"invalid --libpq-conninfo: {_one_line(exc)}") from None
+            raise QueueError(f"invalid --libpq-conninfo: {one_line(exc)}") from None
         self._params = params
         host = params.get("host") or os.environ.get("PGHOST") or "local socket"
         port = params.get("port") or os.environ.get("PGPORT") or "5432"
@@ -95,7 +90,7 @@ class PostgresQueue(DbApiQueue):
             self._conn = self._connect()
         except self._pg.Error as exc:
             raise QueueError(f"cannot connect to PostgreSQL at {self.where}: "
-                             f"{_one_line(exc)}") from None
+                             f"{one_line(exc)}") from None
         try:
             with self._conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM information_schema.tables WHERE table_name = %s",
@@ -105,7 +100,7 @@ class PostgresQueue(DbApiQueue):
         except self._pg.Error as exc:
             self.close()
             raise QueueError(f"PostgreSQL table {self.table} at {self.where}: "
-                             f"{_one_line(exc)}") from None
+                             f"{one_line(exc)}") from None
 
     def _driver_error(self) -> Type[BaseException]:
         return self._pg.Error  # type: ignore[no-any-return]
@@ -149,7 +144,7 @@ class PostgresQueue(DbApiQueue):
         for unique, function, priority, data, when in self._run(fetch):
             yield StoredJob((unique or "").encode(), (function or "").encode(),
                             bytes(data) if data is not None else b"",
-                            priority if priority in (0, 1, 2) else NORMAL, int(when or 0))
+                            stored_priority(priority), int(when or 0))
 
 
 def create(settings: Settings) -> PostgresQueue:

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional
 
 from ..errors import QueueError
 from ..settings import Settings
-from .base import NORMAL, StoredJob
+from .base import NORMAL, StoredJob, one_line, stored_priority
 
 DEFAULT_PREFIX = "_gear_"
 CONNECT_TIMEOUT_S = 5.0
@@ -67,9 +67,8 @@ class RedisQueue:
             client.ping()
         except self._redis.RedisError as exc:
             client.close()
-            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise QueueError(f"cannot connect to redis at {self.host}:{self.port}: "
-                             f"{text}") from None
+                             f"{one_line(exc)}") from None
         self._client = client
 
     def close(self) -> None:
@@ -116,12 +115,8 @@ class RedisQueue:
                 function, unique = fields[b"function"], fields[b"unique"]
             elif not sep:
                 return None
-            try:
-                priority = int(fields.get(b"priority", b"1"))
-            except ValueError:
-                priority = NORMAL
             return StoredJob(unique, function, fields.get(b"data", b""),
-                             priority if 0 <= priority <= 2 else NORMAL, 0)
+                             stored_priority(fields.get(b"priority", NORMAL)), 0)
         if kind == b"string" and sep:
             data = client.get(key)
             return None if data is None else StoredJob(unique, function, data, NORMAL, 0)

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Optional
 
 from ..errors import ConfigError, QueueError
 from ..settings import Settings
-from .base import NORMAL, StoredJob
+from .base import StoredJob, stored_priority
 
 DEFAULT_TABLE = "gearman_queue"
 #: gearmand's sqlite3_busy_timeout.
@@ -166,7 +166,7 @@ class SqliteQueue:
         rows = db.execute(self._sql_replay).fetchall()
         for unique, function, priority, data, when in rows:
             yield StoredJob(_as_bytes(unique), _as_bytes(function), _as_bytes(data),
-                            _priority(priority), int(when or 0))
+                            stored_priority(priority), int(when or 0))
         if self.store_on_shutdown:
             # 1.1.21: the jobs now live in memory until the shutdown save.
             db.execute(f"DELETE FROM {quote_ident(self.table)}")
@@ -192,14 +192,6 @@ def _as_bytes(value: object) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
     return str(value).encode()
-
-
-def _priority(value: object) -> int:
-    try:
-        p = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return NORMAL
-    return p if 0 <= p <= 2 else NORMAL
 
 
 def create(settings: Settings) -> SqliteQueue:

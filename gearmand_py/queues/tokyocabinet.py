@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional
 
 from ..errors import ConfigError, QueueError
 from ..settings import Settings
-from .base import NORMAL, StoredJob
+from .base import StoredJob, stored_priority
 
 LIBRARY_NAMES = ("libtokyocabinet.so.9", "libtokyocabinet.so")
 _lib: Optional[ctypes.CDLL] = None
@@ -82,10 +82,8 @@ def encode_value(job: StoredJob) -> bytes:
 
 def decode_value(value: bytes) -> StoredJob:
     function, unique, meta, data = value.split(b"\0", 3)
-    priority = meta[:1]
     when = meta[1:]
-    p = int(priority) if priority.isdigit() else NORMAL
-    return StoredJob(unique, function, data, p if p <= 2 else NORMAL,
+    return StoredJob(unique, function, data, stored_priority(meta[:1]),
                      int(when) if when.isdigit() else 0)
 
 
