@@ -3,14 +3,15 @@
 Thread: the processing thread only (``open``/``replay`` run on the main thread before it
 starts, ``close`` after it stopped; the connection is never used by two threads at once).
 
-Layout (reference §6.2, gearmand 1.1.20's DDL, created when the table is missing)::
+Layout (gearmand 1.1.20's DDL, libgearman-server/plugins/queue/postgres/queue.cc; created
+when the table is missing)::
 
     CREATE TABLE IF NOT EXISTS <t> (unique_key VARCHAR(64), function_name VARCHAR(255),
         priority INTEGER, data BYTEA, when_to_run INTEGER, UNIQUE (unique_key, function_name))
 
 Options: ``--libpq-conninfo`` (a libpq connection string; empty = the PG* environment
-variables) and ``--libpq-table`` (default ``queue``).  The connection is in autocommit mode,
-so add() has committed when it returns (flush() has nothing left to do).
+variables) and ``--libpq-table``; their defaults are in ``OPTIONS``. The connection is in
+autocommit mode, so add() has committed when it returns (flush() has nothing left to do).
 
 Fixed gearmand bugs, same format: done() is parameterised (a unique containing ``'``
 works); replay reads priority and when_to_run as the numbers they are (gearmand reads the
@@ -24,14 +25,23 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterator, Tuple, Type
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Tuple, Type
 
 from ..errors import QueueError
-from ..settings import Settings
+from ..options import Option, queue_row
 from .base import StoredJob, one_line, stored_priority
 from .dbapi import DbApiQueue
 
-DEFAULT_TABLE = "queue"
+if TYPE_CHECKING:  # pragma: no cover
+    from ..settings import Settings
+
+SECTION = "Postgres"
+SECTIONS = (SECTION,)
+OPTIONS: Tuple[Option, ...] = (
+    queue_row("libpq-conninfo", "str", None, "PostgreSQL connection information string.",
+              SECTION),
+    queue_row("libpq-table", "str", "queue", "Table to use.", SECTION),
+)
 CONNECT_TIMEOUT_S = 5
 
 
@@ -39,7 +49,7 @@ class PostgresQueue(DbApiQueue):
     supports_epoch = True
     durable = True
 
-    def __init__(self, conninfo: str = "", table: str = DEFAULT_TABLE) -> None:
+    def __init__(self, conninfo: str, table: str) -> None:
         import psycopg2
         import psycopg2.errors
         import psycopg2.extensions
@@ -147,6 +157,11 @@ class PostgresQueue(DbApiQueue):
                             stored_priority(priority), int(when or 0))
 
 
+def validate(values: Mapping[str, object]) -> None:
+    """Nothing to check before start-up."""
+
+
 def create(settings: Settings) -> PostgresQueue:
-    return PostgresQueue(settings.queue_option("libpq-conninfo") or "",
-                         settings.queue_option("libpq-table") or DEFAULT_TABLE)
+    """An empty or absent --libpq-conninfo leaves everything to libpq's PG* variables."""
+    return PostgresQueue(settings.queue_text("libpq-conninfo"),
+                         settings.queue_text("libpq-table"))

@@ -10,11 +10,12 @@ for a hash database, with ``#``-separated tuning parameters) and
 ``--libtokyocabinet-optimize`` (accepted; like gearmand the file is always optimised on
 open).
 
-Layout (reference §6.2, gearmand's): key ``<function>-<unique>``; value
-``function\\0unique\\0<P><when>\\0data`` where P is one ASCII digit (0 HIGH, 1 NORMAL, 2 LOW)
-immediately followed by the decimal when (``10`` = NORMAL, now).  add() is tcadbput and
-flush() tcadbsync (the job is on disk before JOB_CREATED); done() is tcadbout.  Replay
-parses the value, not the key, so hyphenated names and any bytes survive.
+Layout (gearmand's, libgearman-server/plugins/queue/tokyocabinet/queue.cc): key
+``<function>-<unique>``; value ``function\\0unique\\0<P><when>\\0data`` where P is one ASCII
+digit (0 HIGH, 1 NORMAL, 2 LOW) immediately followed by the decimal when (``10`` = NORMAL,
+now). add() is tcadbput and flush() tcadbsync (the job is on disk before JOB_CREATED);
+done() is tcadbout. Replay parses the value, not the key, so hyphenated names and any bytes
+survive.
 """
 
 from __future__ import annotations
@@ -22,12 +23,24 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Tuple
 
 from ..errors import ConfigError, QueueError
-from ..settings import Settings
+from ..options import SWITCH, Option, queue_row
 from .base import StoredJob, stored_priority
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..settings import Settings
+
+SECTION = "libtokyocabinet"
+SECTIONS = (SECTION,)
+OPTIONS: Tuple[Option, ...] = (
+    queue_row("libtokyocabinet-file", "str", None, "File name of the database. [see: man "
+              "tcadb, tcadbopen() for name guidelines]", SECTION),
+    queue_row("libtokyocabinet-optimize", SWITCH, None, "Optimize database on open. "
+              "[default=true]", SECTION),
+)
+NO_FILE = "missing required --libtokyocabinet-file=<file> argument"
 LIBRARY_NAMES = ("libtokyocabinet.so.9", "libtokyocabinet.so")
 _lib: Optional[ctypes.CDLL] = None
 
@@ -170,8 +183,16 @@ class TokyoCabinetQueue:
                 raise QueueError(f"malformed tokyocabinet record {key[:80]!r}") from None
 
 
+def _file(value: object) -> str:
+    """--libtokyocabinet-file, which gearmand requires (an empty name counts as none)."""
+    if not value:
+        raise ConfigError(NO_FILE)
+    return str(value)
+
+
+def validate(values: Mapping[str, object]) -> None:
+    """Nothing to check before start-up."""
+
+
 def create(settings: Settings) -> TokyoCabinetQueue:
-    path = settings.queue_option("libtokyocabinet-file")
-    if not path:
-        raise ConfigError("missing required --libtokyocabinet-file=<file> argument")
-    return TokyoCabinetQueue(path)
+    return TokyoCabinetQueue(_file(settings.queue_option("libtokyocabinet-file")))
