@@ -31,7 +31,7 @@ from urllib.parse import unquote_to_bytes
 
 from ..errors import ConfigError, QueueError
 from ..options import Option, queue_row
-from .base import StoredJob, stored_priority
+from .base import Driver, StoredJob, stored_priority
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import Settings
@@ -44,7 +44,11 @@ OPTIONS: Tuple[Option, ...] = (
     queue_row("libmemcached-prefix", "str", "gear_", "Prefix to use in memcached keys",
               SECTION),
 )
-NO_SERVERS = "No --libmemcached-servers were provided"
+DRIVER = Driver("pymemcache.client.base", "pymemcache", "memcached", "python3-pymemcache")
+#: gearmand's wording ("No --servers given" in gearmand 0.x's
+#: libgearman-server/queue_libmemcached.c, where module options were named without their
+#: prefix; 1.1 only logs "memcached_servers_parse" once started), with the full name.
+NO_SERVERS = "No --libmemcached-servers given"
 DEFAULT_PORT = 11211
 CONNECT_TIMEOUT_S = 5.0
 TIMEOUT_S = 10.0
@@ -221,7 +225,8 @@ def _servers(value: object) -> List[Tuple[str, int]]:
 
 
 def validate(values: Mapping[str, object]) -> None:
-    """Nothing to check before start-up."""
+    _servers(values.get("libmemcached-servers"))
+    DRIVER.require(values)
 
 
 def create(settings: Settings) -> MemcachedQueue:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Mapping, Tuple,
 
 from ..errors import QueueError
 from ..options import SWITCH, Option, queue_row
-from .base import StoredJob, one_line, stored_priority
+from .base import Driver, StoredJob, one_line, stored_priority
 from .dbapi import DbApiQueue
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +59,7 @@ OPTIONS: Tuple[Option, ...] = (
     queue_row("libdrizzle-mysql", SWITCH, None, "Use MySQL protocol (accepted; does "
               "nothing, as in gearmand).", DRIZZLE),
 )
+DRIVER = Driver("pymysql", "PyMySQL", "mysql", "python3-pymysql")
 CONNECT_TIMEOUT_S = 5
 SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
 ER_DUP_ENTRY = 1062
@@ -217,7 +218,7 @@ def _b(value: object) -> bytes:
 
 
 def validate(values: Mapping[str, object]) -> None:
-    """Nothing to check before start-up."""
+    DRIVER.require(values)
 
 
 def _libdrizzle(settings: Settings) -> MysqlQueue:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Tuple, Type
 
 from ..errors import QueueError
 from ..options import Option, queue_row
-from .base import StoredJob, one_line, stored_priority
+from .base import Driver, StoredJob, one_line, stored_priority
 from .dbapi import DbApiQueue
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,6 +42,7 @@ OPTIONS: Tuple[Option, ...] = (
               SECTION),
     queue_row("libpq-table", "str", "queue", "Table to use.", SECTION),
 )
+DRIVER = Driver("psycopg2", "psycopg2", "postgres", "python3-psycopg2")
 CONNECT_TIMEOUT_S = 5
 
 
@@ -158,7 +159,7 @@ class PostgresQueue(DbApiQueue):
 
 
 def validate(values: Mapping[str, object]) -> None:
-    """Nothing to check before start-up."""
+    DRIVER.require(values)
 
 
 def create(settings: Settings) -> PostgresQueue:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Tuple
 
 from ..errors import QueueError
 from ..options import Option, queue_row
-from .base import NORMAL, StoredJob, one_line, stored_priority
+from .base import NORMAL, Driver, StoredJob, one_line, stored_priority
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import Settings
@@ -44,6 +44,7 @@ OPTIONS: Tuple[Option, ...] = (
     queue_row("redis-prefix", "str", "_gear_", "Prefix to use in redis keys", SECTION,
               show_default=False),
 )
+DRIVER = Driver("redis", "redis", "redis", "python3-redis")
 CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 30.0
 SCAN_COUNT = 1000
@@ -148,7 +149,7 @@ def _atoi(text: str) -> int:
 
 
 def validate(values: Mapping[str, object]) -> None:
-    """Nothing to check before start-up."""
+    DRIVER.require(values)
 
 
 def create(settings: Settings) -> RedisQueue:

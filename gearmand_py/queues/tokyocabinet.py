@@ -23,7 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, QueueError
 from ..options import SWITCH, Option, queue_row
@@ -40,9 +40,29 @@ OPTIONS: Tuple[Option, ...] = (
     queue_row("libtokyocabinet-optimize", SWITCH, None, "Optimize database on open. "
               "[default=true]", SECTION),
 )
-NO_FILE = "missing required --libtokyocabinet-file=<file> argument"
+#: gearmand's wording ("No --file given", the module's option without its prefix), with
+#: the option's full name.
+NO_FILE = "No --libtokyocabinet-file given"
+MISSING_LIBRARY = ("-q libtokyocabinet needs the C library libtokyocabinet "
+                   "(Debian's libtokyocabinet9)")
 LIBRARY_NAMES = ("libtokyocabinet.so.9", "libtokyocabinet.so")
 _lib: Optional[ctypes.CDLL] = None
+
+
+def library_names() -> List[str]:
+    """Where to look: the usual sonames, then whatever ctypes.util finds."""
+    found = ctypes.util.find_library("tokyocabinet")
+    return list(LIBRARY_NAMES) + ([found] if found else [])
+
+
+def open_library(names: Sequence[str]) -> ctypes.CDLL:
+    """The first of ``names`` that loads; ConfigError(MISSING_LIBRARY) when none does."""
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise ConfigError(MISSING_LIBRARY)
 
 
 def load_library() -> ctypes.CDLL:
@@ -50,20 +70,7 @@ def load_library() -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
-    names = list(LIBRARY_NAMES)
-    found = ctypes.util.find_library("tokyocabinet")
-    if found:
-        names.append(found)
-    lib = None
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        raise ConfigError("queue module libtokyocabinet needs the system library "
-                          "libtokyocabinet (Debian package libtokyocabinet9)")
+    lib = open_library(library_names())
     vp, cp, i, b = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_bool
     ip = ctypes.POINTER(ctypes.c_int)
     protos: dict = {
@@ -191,7 +198,8 @@ def _file(value: object) -> str:
 
 
 def validate(values: Mapping[str, object]) -> None:
-    """Nothing to check before start-up."""
+    _file(values.get("libtokyocabinet-file"))
+    load_library()
 
 
 def create(settings: Settings) -> TokyoCabinetQueue:
