@@ -47,8 +47,8 @@ DIFFERENCES = [
     "-u switches user after binding, so a port below 1024 works with -u.",
     "-d: the launching process exits only once the server is bound and its queue replayed; "
     "a start-up error makes it exit 1 with the message on its standard error.",
-    "--check-args also validates the queue and protocol names, the ports, the user and "
-    "the options a queue module requires.",
+    "--check-args also validates the queue and protocol names, the ports, the user, "
+    "the options a queue module requires and that its driver can be loaded.",
     "-q libpq is accepted as another name of postgres; libdrizzle and libtokyocabinet "
     "options are accepted.",
     "A GEARMAND_PORT value of the form tcp://host:port (as Kubernetes sets it) is ignored "

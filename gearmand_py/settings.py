@@ -1,9 +1,11 @@
 """The option table, gearmand's (boost::program_options) parser, and the frozen Settings.
 
 One table (``OPTIONS``) drives the command line, the config file, ``--help``, the click
-command (cli.py) and the man page (gearmand_py/manpage.py).  Parsing reproduces gearmand
-1.1.20's messages; ``build_settings`` validates and produces the frozen
-``Settings`` that every thread reads.  Runs on the main thread at start-up only.
+command (cli.py) and the man page (gearmand_py/manpage.py); the queue modules' rows come
+from their own modules through the registry (gearmand_py/queues/__init__.py).  Parsing
+reproduces gearmand 1.1.20's error messages (boost::program_options wording);
+``build_settings`` validates and produces the frozen ``Settings`` that every thread reads.
+Runs on the main thread at start-up only.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import re
 import socket
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import queues
 from .errors import ConfigError
 from .log import LEVEL_NAMES, raise_verbosity
+from .options import SWITCH, Option
 
 #: Largest packet payload accepted from a peer (bytes). Checked before buffering.
 DEFAULT_MAX_PACKET_SIZE = 64 * 1024 * 1024
@@ -65,9 +69,10 @@ class Settings:
     keepalive_count: int = -1
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
     store_queue_on_shutdown: bool = False
-    # queue-module options, keyed by long option name without dashes prefix, e.g.
-    # ("libsqlite3-db", "/tmp/q.db"); modules look up what they need.
-    queue_options: Tuple[Tuple[str, str], ...] = ()
+    # queue-module options with a value (given or default), keyed by long option name
+    # without the dashes, e.g. ("libsqlite3-db", "/tmp/q.db"), valued as their kind parses
+    # (str, or int for a port); modules read them with queue_text()/queue_int().
+    queue_options: Tuple[Tuple[str, object], ...] = ()
     # ---- process-level options (used by app.py / daemon.py only) ----
     daemon: bool = False
     pid_file: Optional[str] = None        # None = none written
@@ -82,18 +87,25 @@ class Settings:
     ssl_handshake_timeout: int = DEFAULT_SSL_HANDSHAKE_TIMEOUT
     client_stall_timeout: int = DEFAULT_CLIENT_STALL_TIMEOUT
 
-    def queue_option(self, name: str, default: Optional[str] = None) -> Optional[str]:
+    def queue_option(self, name: str) -> object:
+        """Queue option ``name``'s value, else the default its module declares (or None)."""
         for key, value in self.queue_options:
             if key == name:
                 return value
-        return default
+        return BY_LONG[name].default
+
+    def queue_text(self, name: str) -> str:
+        """A string queue option; "" when it is neither given nor defaulted."""
+        value = self.queue_option(name)
+        return "" if value is None else str(value)
+
+    def queue_int(self, name: str) -> int:
+        """A numeric queue option (a port)."""
+        value = self.queue_option(name)
+        return value if isinstance(value, int) else int(str(value))
 
 
 # ---- the option table ------------------------------------------------------------------
-
-#: Value kinds: parse a token into a value, or raise ValueError (-> "is invalid").
-SWITCH = "switch"
-
 
 def _unsigned(bits: int) -> Callable[[str], int]:
     """boost lexical_cast<unsigned>: optional sign, digits; negatives wrap modulo 2**bits."""
@@ -134,42 +146,16 @@ VALUE_PARSERS: Dict[str, Callable[[str], object]] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Option:
-    name: str                       # long name, no dashes
-    short: Optional[str]            # one letter or None
-    kind: str                       # SWITCH or a key of VALUE_PARSERS
-    default: object                 # None = no default
-    help: str
-    section: str
-    field: Optional[str] = None     # Settings field; None for queue options / actions
-    show_default: bool = True       # boost prints "arg (=X)"
-    file_ok: bool = True            # accepted inside a config file
-    extension: bool = False         # not in gearmand 1.1.20 (documented as ours)
-    queue: bool = False             # a queue module option (goes to Settings.queue_options)
-    limits: Optional[Tuple[int, int]] = None   # our sanity range, checked after wrapping
-
-    @property
-    def takes_value(self) -> bool:
-        return self.kind != SWITCH
-
-
 GENERAL = "General options"
-#: Sections in gearmand's 1.1.20 --help order, then the modules Debian lacks.
-SECTIONS = [GENERAL, "HTTP", "Gear", "builtin", "libmemcached", "libsqlite3", "Postgres",
-            "redis", "MySQL", "libdrizzle", "libtokyocabinet"]
+#: Sections in gearmand 1.1.20's --help order; the queue modules' sections come from the
+#: registry, in the same order (libdrizzle and libtokyocabinet, absent from Debian's, last).
+SECTIONS = [GENERAL, "HTTP", "Gear"] + queues.sections()
 
 
 def _o(name: str, short: Optional[str], kind: str, default: object, help: str,
        section: str = GENERAL, **kw: object) -> Option:
     field = kw.pop("field", name.replace("-", "_"))
     return Option(name, short, kind, default, help, section, field, **kw)  # type: ignore[arg-type]
-
-
-def _q(name: str, kind: str, default: object, help: str, section: str,
-       **kw: object) -> Option:
-    return Option(name, None, kind, default, help, section, None, queue=True,
-                  **kw)  # type: ignore[arg-type]
 
 
 KEEPALIVE_HELP = ("If keepalive is enabled, set the value for {} for systems that support it. "
@@ -258,42 +244,8 @@ OPTIONS: List[Option] = [
        "Seconds a TLS peer has to complete its handshake; a silent or garbage peer is closed "
        "then. (gearmand-py extension)", section="Gear", extension=True,
        limits=(1, 3600)),
-    # queue modules
-    _q("libmemcached-servers", "str", None, "List of Memcached servers to use.",
-       "libmemcached"),
-    _q("libmemcached-prefix", "str", "gear_", "Prefix to use in memcached keys",
-       "libmemcached"),
-    _q("libsqlite3-db", "str", None, "Database file to use.", "libsqlite3"),
-    _o("store-queue-on-shutdown", None, SWITCH, None, "Store queue on shutdown.",
-       section="libsqlite3"),
-    _q("libsqlite3-table", "str", "gearman_queue", "Table to use.", "libsqlite3"),
-    _q("libpq-conninfo", "str", None, "PostgreSQL connection information string.",
-       "Postgres"),
-    _q("libpq-table", "str", "queue", "Table to use.", "Postgres"),
-    _q("redis-server", "str", "127.0.0.1", "Redis server", "redis", show_default=False),
-    _q("redis-port", "str", "6379", "Redis server port/service", "redis", show_default=False),
-    _q("redis-password", "str", None, "Redis server password/service", "redis"),
-    _q("redis-prefix", "str", "_gear_", "Prefix to use in redis keys", "redis",
-       show_default=False),
-    _q("mysql-host", "str", "localhost", "MySQL host.", "MySQL"),
-    _q("mysql-port", "u16", 3306, "Port of server. (by default 3306)", "MySQL"),
-    _q("mysql-user", "str", None, "MySQL user.", "MySQL"),
-    _q("mysql-password", "str", None, "MySQL user password.", "MySQL"),
-    _q("mysql-db", "str", None, "MySQL database.", "MySQL"),
-    _q("mysql-table", "str", "gearman_queue", "MySQL table name.", "MySQL"),
-    _q("libdrizzle-host", "str", None, "Host of server.", "libdrizzle"),
-    _q("libdrizzle-port", "u16", 3306, "Port of server.", "libdrizzle"),
-    _q("libdrizzle-uds", "str", None, "Unix domain socket for server.", "libdrizzle"),
-    _q("libdrizzle-user", "str", "root", "User name for authentication.", "libdrizzle"),
-    _q("libdrizzle-password", "str", None, "Password for authentication.", "libdrizzle"),
-    _q("libdrizzle-db", "str", "gearman", "Database to use.", "libdrizzle"),
-    _q("libdrizzle-table", "str", "queue", "Table to use.", "libdrizzle"),
-    _q("libdrizzle-mysql", SWITCH, None, "Use MySQL protocol (accepted; does nothing, as in "
-       "gearmand).", "libdrizzle"),
-    _q("libtokyocabinet-file", "str", None, "File name of the database. [see: man tcadb, "
-       "tcadbopen() for name guidelines]", "libtokyocabinet"),
-    _q("libtokyocabinet-optimize", SWITCH, None, "Optimize database on open. [default=true]",
-       "libtokyocabinet"),
+    # the queue modules' rows (each gearmand_py/queues/<module>.py declares its own)
+    *queues.option_rows(),
 ]
 
 BY_LONG: Dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -339,7 +291,8 @@ def parse_tokens(tokens: Sequence[str], in_file: bool = False) -> Parsed:
 
     In a config file (``in_file``), words that do not start with '-' are ignored and
     command-line-only options (--check-args) are unrecognised, as in gearmand.  On the
-    command line, ``@file`` names a config file (an extension of this project).
+    command line, ``@file`` names a config file (an extension: gearmand's help text
+    promises it, its parser does not implement it).
     """
     out = Parsed()
     i = 0
@@ -494,9 +447,8 @@ def loadable_protocols() -> List[str]:
 
 def canonical_queue(name: str) -> str:
     """Validate a -q name (case-insensitive); returns it lower-cased."""
-    from .queues import REGISTRY   # the lead's registry of lazily imported modules
     lowered = name.lower()
-    if lowered not in REGISTRY:
+    if queues.module_name(lowered) is None:
         raise ConfigError(f"Error while initializing the queue : {name}")
     return lowered
 
@@ -517,12 +469,6 @@ def _check_port(text: str, option: str) -> str:
         raise ConfigError(f"the argument ('{text}') for option '--{option}' is invalid") \
             from None
     return text
-
-
-#: Options a queue module cannot start without: -q name -> (option, gearmand's message).
-REQUIRED_QUEUE_OPTIONS: Dict[str, Tuple[str, str]] = {
-    "libsqlite3": ("libsqlite3-db", "missing required --libsqlite3-db=<dbfile> argument"),
-}
 
 
 def _env_port(port: str, env: Dict[str, str], warnings: List[str]) -> str:
@@ -555,9 +501,7 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
         raise ConfigError(f"Unknown protocol module : {protocol}")
     http_port = _check_port(str(v["http-port"]), "http-port")
     queue_type = canonical_queue(str(v["queue-type"]))
-    required = REQUIRED_QUEUE_OPTIONS.get(queue_type)
-    if required and not v.get(required[0]):
-        raise ConfigError(required[1])
+    queues.validate(v)
     user = v["user"]
     if user is not None:
         try:
@@ -566,7 +510,7 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
             raise ConfigError(f"Could not find user : {user}") from None
     log_file = str(v["log-file"])
     pid_file = v["pid-file"]
-    queue_options = tuple((o.name, str(v[o.name])) for o in OPTIONS
+    queue_options = tuple((o.name, v[o.name]) for o in OPTIONS
                           if o.queue and v.get(o.name) is not None)
     fields: Dict[str, object] = {}
     for o in OPTIONS:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
 
-from support import C_GEARMAND, py_gearmand_cmd, require, server_env
+from support import C_GEARMAND, REPO, py_gearmand_cmd, require, server_env
 
 from gearmand_py import COMPAT_VERSION
 from gearmand_py.settings import (
@@ -135,6 +136,82 @@ def test_argv0_prefix_is_the_invoked_path() -> None:
     assert prog == ("gearmand" if cmd[-1] == "gearmand_py" else cmd[0])
 
 
+#: -q name and options -> the driver module a missing one is shadowed as, and the message
+DRIVERS: List[Tuple[List[str], str, str]] = [
+    (["-q", "postgres"], "psycopg2",
+     "-q postgres needs the Python package psycopg2 (pip install 'gearmand-py[postgres]', or "
+     "Debian's python3-psycopg2)"),
+    (["-q", "LibPQ"], "psycopg2",
+     "-q libpq needs the Python package psycopg2 (pip install 'gearmand-py[postgres]', or "
+     "Debian's python3-psycopg2)"),
+    (["-q", "mysql"], "pymysql",
+     "-q mysql needs the Python package PyMySQL (pip install 'gearmand-py[mysql]', or "
+     "Debian's python3-pymysql)"),
+    (["-q", "libdrizzle"], "pymysql",
+     "-q libdrizzle needs the Python package PyMySQL (pip install 'gearmand-py[mysql]', or "
+     "Debian's python3-pymysql)"),
+    (["-q", "libmemcached", "--libmemcached-servers=127.0.0.1"], "pymemcache",
+     "-q libmemcached needs the Python package pymemcache (pip install "
+     "'gearmand-py[memcached]', or Debian's python3-pymemcache)"),
+    (["-q", "redis"], "redis",
+     "-q redis needs the Python package redis (pip install 'gearmand-py[redis]', or Debian's "
+     "python3-redis)"),
+]
+
+
+def shadow_env(tmp_path, module: str) -> Dict[str, str]:  # type: ignore[no-untyped-def]
+    """PYTHONPATH with a package named ``module`` first that fails to import, as a missing
+    (or broken) driver does."""
+    package = tmp_path / module
+    package.mkdir()
+    (package / "__init__.py").write_text(f"raise ImportError('No module named {module}')\n")
+    rest = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), REPO, rest) if p)}
+
+
+@pytest.mark.parametrize("check_args", [True, False], ids=["check-args", "start"])
+@pytest.mark.parametrize("args,module,expected", DRIVERS,
+                         ids=[" ".join(a[:2]) for a, _, _ in DRIVERS])
+def test_missing_driver_is_one_line(tmp_path, args: List[str], module: str,  # type: ignore
+                                    expected: str, check_args: bool) -> None:
+    """Also without --check-args: the server stops before binding, with no traceback."""
+    first = ["--check-args"] if check_args else ["-p", "0", "-L", "127.0.0.1", "-l", "none"]
+    proc = run(first + args + ["--config-file=/dev/null"], env=shadow_env(tmp_path, module))
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert message(proc) == expected
+
+
+def test_missing_queue_option_stops_the_server_too() -> None:
+    for args, expected in [(["-q", "libtokyocabinet"], "No --libtokyocabinet-file given"),
+                           (["-q", "libmemcached"], "No --libmemcached-servers given")]:
+        proc = run(["-p", "0", "-L", "127.0.0.1", "-l", "none", "--config-file=/dev/null"]
+                   + args)
+        assert (proc.returncode, proc.stdout) == (1, ""), args
+        assert message(proc) == expected
+
+
+def test_missing_tokyocabinet_library_message() -> None:
+    """An installed C library cannot be hidden from ctypes, so the lookup that validate()
+    runs is given a name that cannot load."""
+    from gearmand_py.errors import ConfigError
+    from gearmand_py.queues import tokyocabinet
+    with pytest.raises(ConfigError) as info:
+        tokyocabinet.open_library(["libgearmand-py-no-such-library.so.9"])
+    assert str(info.value) == ("-q libtokyocabinet needs the C library libtokyocabinet "
+                               "(Debian's libtokyocabinet9)")
+
+
+def test_help_and_check_args_import_no_driver() -> None:
+    """The option table gathers every queue module's rows without loading any driver."""
+    code = ("import sys; from gearmand_py import cli, settings; cli.help_text(); "
+            "settings.build_settings(settings.parse(['--config-file=/dev/null']), env={}); "
+            "print(sorted(m for m in ('psycopg2', 'pymysql', 'pymemcache', 'redis') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=20, env=server_env())
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "[]\n", "")
+
+
 def test_no_option_starts_a_server_before_validation() -> None:
     """A start-up error after parsing (bad queue name) exits 1 with one line, nothing bound."""
     proc = run(["-p", "0", "-L", "127.0.0.1", "-l", "none", "-q", "nosuchqueue"])
@@ -142,13 +219,19 @@ def test_no_option_starts_a_server_before_validation() -> None:
     assert message(proc) == "Error while initializing the queue : nosuchqueue"
 
 
-# ---- deliberate extensions (where this project chose differently from the 1.1.20 binary) ----
+# ---- deliberate extensions (documented differences from the 1.1.20 binary) -------------
 
 EXTENSION_ERRORS: List[Tuple[List[str], str]] = [
     (["-q", "foo"], "Error while initializing the queue : foo"),
     (["-r", "foo"], "Unknown protocol module : foo"),
     (["-r", "HTTP"], "Unknown protocol module : HTTP"),
     (["-q", "libsqlite3"], "missing required --libsqlite3-db=<dbfile> argument"),
+    (["-q", "libtokyocabinet"], "No --libtokyocabinet-file given"),
+    (["-q", "libtokyocabinet", "--libtokyocabinet-file", ""], "No --libtokyocabinet-file given"),
+    (["-q", "libmemcached"], "No --libmemcached-servers given"),
+    (["-q", "libmemcached", "--libmemcached-servers=,"], "No --libmemcached-servers given"),
+    (["-q", "libmemcached", "--libmemcached-servers=h:x"],
+     "invalid --libmemcached-servers entry: h:x"),
     (["-vv", "--verbose", "INFO"], "option '--verbose' cannot be specified more than once"),
     (["--verbose", "INFO", "-v"], "option '--verbose' cannot be specified more than once"),
     (["-v", "bogus"], "unrecognised option 'bogus'"),
@@ -177,7 +260,9 @@ def test_extension_errors(args: List[str], expected: str) -> None:
 
 @pytest.mark.parametrize("args", [
     ["-v"], ["-vv"], ["-vvv"], ["-v", "-v"], ["-v", "INFO"], ["-vINFO"], ["-dv"],
-    ["-q", "LIBPQ"], ["-q", "Postgres"], ["-q", "libdrizzle"], ["-q", "libtokyocabinet"],
+    ["-q", "LIBPQ"], ["-q", "Postgres"], ["-q", "libdrizzle"], ["-q", "mysql"], ["-q", "redis"],
+    ["-q", "libtokyocabinet", "--libtokyocabinet-file=/tmp/x.tch"],
+    ["-q", "libmemcached", "--libmemcached-servers=127.0.0.1:11211, localhost"],
     ["-q", "libsqlite3", "--libsqlite3-db=/tmp/x.db"], ["-r", "http"], ["-t", "0"],
     ["--libdrizzle-mysql", "--libdrizzle-host=h"], ["--libtokyocabinet-optimize"],
     ["-u", "nobody"], ["-p", "http"], ["-p", ""],
@@ -232,7 +317,7 @@ def test_check_args_accepts_every_option(opt: Option) -> None:
     c_available()
     for args in forms:
         if args[0] == "-v":
-            continue   # gearmand 1.1.20 has no -v (this form is our extension)
+            continue   # gearmand 1.1.20 has no -v (-v LEVEL is our extension)
         proc = run(["--check-args"] + args, impl="c")
         assert proc.returncode == 0, (args, proc.stderr)
 

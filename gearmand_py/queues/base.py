@@ -1,15 +1,23 @@
-"""The queue backend contract every `-q` module implements (processing thread only).
+"""The queue backend contract every `-q` module implements, and the helpers they share.
 
 Durability point: ``add()`` then ``flush()`` return before JOB_CREATED is sent for a
 background job.  ``done()`` runs on WORK_COMPLETE/FAIL/EXCEPTION, retry drop and cancel.
-``replay()`` yields stored jobs once at start, before connections are accepted.
+``replay()`` yields stored jobs once at start, before connections are accepted.  Backends
+run on the processing thread only; ``Driver.require`` runs on the main thread while the
+options are checked (``--check-args`` included).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Protocol
+import dataclasses
+import importlib
+from typing import Iterator, Mapping, NamedTuple, Protocol
 
-HIGH, NORMAL, LOW = 0, 1, 2
+from ..errors import ConfigError
+from ..state import HIGH, LOW, NORMAL
+
+__all__ = ["HIGH", "LOW", "NORMAL", "Driver", "QueueBackend", "StoredJob", "one_line",
+           "stored_priority"]
 
 
 class StoredJob(NamedTuple):
@@ -37,3 +45,49 @@ class QueueBackend(Protocol):
     def replay(self) -> Iterator[StoredJob]: ...
 
     def close(self) -> None: ...
+
+
+def stored_priority(value: object) -> int:
+    """A priority read back from storage: HIGH, NORMAL or LOW; anything else (NULL, text,
+    out of range) is NORMAL, so a foreign or damaged record still replays."""
+    try:
+        priority = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return NORMAL
+    return priority if HIGH <= priority <= LOW else NORMAL
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver exception as one line for the operator.  PyMySQL's errors carry
+    ``(code, message)``: the message is shown."""
+    args = exc.args
+    text = str(args[1]) if len(args) >= 2 else str(exc)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+@dataclasses.dataclass(frozen=True)
+class Driver:
+    """The Python package a queue module talks to its server with, and how to get it."""
+
+    module: str      # what the backend imports
+    package: str     # the name an operator searches for
+    extra: str       # gearmand-py[extra] installs it
+    debian: str      # the Debian package that provides it
+
+    def missing(self, queue_type: str) -> str:
+        return (f"-q {queue_type} needs the Python package {self.package} "
+                f"(pip install 'gearmand-py[{self.extra}]', or Debian's {self.debian})")
+
+    def require(self, values: Mapping[str, object]) -> None:
+        """Import the driver now, so a missing one is one line at start-up and under
+        --check-args (importing opens no connection)."""
+        try:
+            importlib.import_module(self.module)
+        except ImportError:
+            raise ConfigError(self.missing(queue_name(values))) from None
+
+
+def queue_name(values: Mapping[str, object]) -> str:
+    """The ``-q`` name as the operator gave it, lower-cased (names match case-insensitively)."""
+    return str(values["queue-type"]).lower()

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Mapping, Tuple
 
-from ..settings import Settings
+from ..options import Option
 from .base import StoredJob
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..settings import Settings
+
+#: gearmand's --help shows this section with no options in it.
+SECTIONS = ("builtin",)
+OPTIONS: Tuple[Option, ...] = ()
 
 
 class BuiltinQueue:
@@ -29,6 +36,10 @@ class BuiltinQueue:
 
     def close(self) -> None:
         pass
+
+
+def validate(values: Mapping[str, object]) -> None:
+    """Nothing to check."""
 
 
 def create(settings: Settings) -> BuiltinQueue:

@@ -4,13 +4,14 @@ Thread: the processing thread only (``open``/``replay`` run on the main thread b
 starts, ``close`` after it stopped).
 
 Options: ``--libmemcached-servers`` (``host[:port]`` list separated by ``,`` or spaces;
-required) and ``--libmemcached-prefix`` (``gear_``).
+required) and ``--libmemcached-prefix`` (default in ``OPTIONS``).
 
-Layout (reference §6.2): key ``<prefix><function>-<unique>``, value = the data, item
-flags = priority (0 HIGH, 1 NORMAL, 2 LOW), expiry 0.  With several servers a key goes to
-the server libmemcached's defaults pick (one-at-a-time hash, modulo the server count, in the
-order given), so a queue shared with gearmand stays consistent; done() deletes the key on
-every server, which also removes items another placement put elsewhere.
+Layout (gearmand's, libgearman-server/plugins/queue/libmemcached/queue.cc): key
+``<prefix><function>-<unique>``, value = the data, item flags = priority (0 HIGH, 1 NORMAL,
+2 LOW), expiry 0. With several servers a key goes to the server libmemcached's defaults pick
+(one-at-a-time hash, modulo the server count, in the order given), so a queue shared with
+gearmand stays consistent; done() deletes the key on every server, which also removes items
+another placement put elsewhere.
 
 Replay lists the keys with ``lru_crawler metadump all`` (memcached >= 1.4.31; 1.6 on
 Debian), falling back to ``stats cachedump`` on servers without it, then fetches each
@@ -25,14 +26,29 @@ from __future__ import annotations
 import re
 import socket
 import time
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Tuple
 from urllib.parse import unquote_to_bytes
 
 from ..errors import ConfigError, QueueError
-from ..settings import Settings
-from .base import NORMAL, StoredJob
+from ..options import Option, queue_row
+from .base import Driver, StoredJob, stored_priority
 
-DEFAULT_PREFIX = "gear_"
+if TYPE_CHECKING:  # pragma: no cover
+    from ..settings import Settings
+
+SECTION = "libmemcached"
+SECTIONS = (SECTION,)
+OPTIONS: Tuple[Option, ...] = (
+    queue_row("libmemcached-servers", "str", None, "List of Memcached servers to use.",
+              SECTION),
+    queue_row("libmemcached-prefix", "str", "gear_", "Prefix to use in memcached keys",
+              SECTION),
+)
+DRIVER = Driver("pymemcache.client.base", "pymemcache", "memcached", "python3-pymemcache")
+#: gearmand's wording ("No --servers given" in gearmand 0.x's
+#: libgearman-server/queue_libmemcached.c, where module options were named without their
+#: prefix; 1.1 only logs "memcached_servers_parse" once started), with the full name.
+NO_SERVERS = "No --libmemcached-servers given"
 DEFAULT_PORT = 11211
 CONNECT_TIMEOUT_S = 5.0
 TIMEOUT_S = 10.0
@@ -87,7 +103,7 @@ class MemcachedQueue:
     supports_epoch = False
     durable = True
 
-    def __init__(self, servers: List[Tuple[str, int]], prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, servers: List[Tuple[str, int]], prefix: str) -> None:
         from pymemcache.client.base import Client
 
         self._client_cls = Client
@@ -157,8 +173,7 @@ class MemcachedQueue:
                     if not sep:
                         continue
                     data, flags = item
-                    yield StoredJob(unique, function, data,
-                                    flags if 0 <= flags <= 2 else NORMAL, 0)
+                    yield StoredJob(unique, function, data, stored_priority(flags), 0)
 
 
 _FAIL = (b"BUSY", b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
@@ -201,9 +216,19 @@ def dump_keys(host: str, port: int) -> List[bytes]:
         return keys
 
 
-def create(settings: Settings) -> MemcachedQueue:
-    text = settings.queue_option("libmemcached-servers")
-    servers = parse_servers(text or "")
+def _servers(value: object) -> List[Tuple[str, int]]:
+    """--libmemcached-servers, required: at least one server."""
+    servers = parse_servers(str(value or ""))
     if not servers:
-        raise ConfigError("No --libmemcached-servers were provided")
-    return MemcachedQueue(servers, settings.queue_option("libmemcached-prefix") or DEFAULT_PREFIX)
+        raise ConfigError(NO_SERVERS)
+    return servers
+
+
+def validate(values: Mapping[str, object]) -> None:
+    _servers(values.get("libmemcached-servers"))
+    DRIVER.require(values)
+
+
+def create(settings: Settings) -> MemcachedQueue:
+    return MemcachedQueue(_servers(settings.queue_option("libmemcached-servers")),
+                          settings.queue_text("libmemcached-prefix"))

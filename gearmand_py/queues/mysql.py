@@ -3,17 +3,18 @@
 Thread: the processing thread only (``open``/``replay`` run on the main thread before it
 starts, ``close`` after it stopped).
 
-Two layouts, as in gearmand (reference §6.2):
+Two layouts, as in gearmand (libgearman-server/plugins/queue/mysql/queue.cc and the
+libdrizzle module); the options' defaults are in ``OPTIONS``:
 
-* ``-q mysql`` (``--mysql-host/-port/-user/-password/-db/-table``, table default
-  ``gearman_queue`` in the connection's database), created when missing as::
+* ``-q mysql`` (``--mysql-host/-port/-user/-password/-db/-table``, the table in the
+  connection's database), created when missing as::
 
       CREATE TABLE <t>(unique_key VARCHAR(64),function_name VARCHAR(255),priority INT,
           data LONGBLOB,when_to_run INT,unique key (unique_key, function_name))
 
-* ``-q libdrizzle`` (``--libdrizzle-host/-port/-uds/-user/-password/-db/-table``, defaults
-  ``localhost``/3306/-/``root``/-/``gearman``/``queue``): schema ``<db>`` is created when
-  missing, and the table ``<db>.<t>`` is the same but with ``when_to_run BIGINT``.
+* ``-q libdrizzle`` (``--libdrizzle-host/-port/-uds/-user/-password/-db/-table``): schema
+  ``<db>`` is created when missing, and the table ``<db>.<t>`` is the same but with
+  ``when_to_run BIGINT``.
 
 The connection is in autocommit mode, so add() has committed when it returns.  Every
 statement is parameterised (gearmand's libdrizzle module built its SQL as text).  A lost
@@ -22,19 +23,43 @@ connection is re-opened once and the statement retried (gearmand pings first).  
 case-insensitive collation, a *different* key that collides under it (``A`` vs ``a``)
 refuses the new job rather than overwriting the other one.  A table without when_to_run
 (older layout) makes epoch jobs refused, for both names.  unique/function must be UTF-8.
-``localhost`` means the local Unix socket when it exists, as with libmysqlclient.
+``localhost`` (or no host) means the local Unix socket when it exists, as with
+libmysqlclient; an empty ``--libdrizzle-uds`` counts as none.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Mapping, Tuple, Type
 
 from ..errors import QueueError
-from ..settings import Settings
-from .base import NORMAL, StoredJob
+from ..options import SWITCH, Option, queue_row
+from .base import Driver, StoredJob, one_line, stored_priority
 from .dbapi import DbApiQueue
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..settings import Settings
+
+MYSQL, DRIZZLE = "MySQL", "libdrizzle"
+SECTIONS = (MYSQL, DRIZZLE)
+OPTIONS: Tuple[Option, ...] = (
+    queue_row("mysql-host", "str", "localhost", "MySQL host.", MYSQL),
+    queue_row("mysql-port", "u16", 3306, "Port of server. (by default 3306)", MYSQL),
+    queue_row("mysql-user", "str", None, "MySQL user.", MYSQL),
+    queue_row("mysql-password", "str", None, "MySQL user password.", MYSQL),
+    queue_row("mysql-db", "str", None, "MySQL database.", MYSQL),
+    queue_row("mysql-table", "str", "gearman_queue", "MySQL table name.", MYSQL),
+    queue_row("libdrizzle-host", "str", None, "Host of server.", DRIZZLE),
+    queue_row("libdrizzle-port", "u16", 3306, "Port of server.", DRIZZLE),
+    queue_row("libdrizzle-uds", "str", None, "Unix domain socket for server.", DRIZZLE),
+    queue_row("libdrizzle-user", "str", "root", "User name for authentication.", DRIZZLE),
+    queue_row("libdrizzle-password", "str", None, "Password for authentication.", DRIZZLE),
+    queue_row("libdrizzle-db", "str", "gearman", "Database to use.", DRIZZLE),
+    queue_row("libdrizzle-table", "str", "queue", "Table to use.", DRIZZLE),
+    queue_row("libdrizzle-mysql", SWITCH, None, "Use MySQL protocol (accepted; does "
+              "nothing, as in gearmand).", DRIZZLE),
+)
+DRIVER = Driver("pymysql", "PyMySQL", "mysql", "python3-pymysql")
 CONNECT_TIMEOUT_S = 5
 SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
 ER_DUP_ENTRY = 1062
@@ -43,12 +68,6 @@ ER_DUP_ENTRY = 1062
 #: MySQL client errors meaning the connection is gone (CR_SERVER_GONE_ERROR, CR_SERVER_LOST,
 #: CR_SERVER_LOST_EXTENDED) or was never there (0).
 LOST_CONNECTION_CODES = (0, 2006, 2013, 2055)
-
-
-def _one_line(exc: BaseException) -> str:
-    args: tuple = tuple(getattr(exc, "args", ()))
-    text = str(args[1]) if len(args) >= 2 else (str(exc).strip() or type(exc).__name__)
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def quote_ident(name: str) -> str:
@@ -60,15 +79,15 @@ class MysqlQueue(DbApiQueue):
     durable = True
 
     def __init__(self, host: str, port: int, user: str, password: str, db: str, table: str,
-                 drizzle: bool = False, unix_socket: Optional[str] = None) -> None:
+                 drizzle: bool = False, unix_socket: str = "") -> None:
         import pymysql
 
         self._my = pymysql
         self.host, self.port, self.user, self.password = host, port, user, password
         self.db, self.table, self.drizzle = db, table, drizzle
         self.unix_socket = unix_socket
-        if unix_socket is None and host in ("", "localhost"):
-            self.unix_socket = next((s for s in SOCKETS if os.path.exists(s)), None)
+        if not unix_socket and host in ("", "localhost"):
+            self.unix_socket = next((s for s in SOCKETS if os.path.exists(s)), "")
         self.where = self.unix_socket if self.unix_socket else f"{host or 'localhost'}:{port}"
         self._conn: Any = None
         self.qtable = (f"{quote_ident(db)}.{quote_ident(table)}" if drizzle
@@ -101,12 +120,12 @@ class MysqlQueue(DbApiQueue):
         return self._my.connect(**kwargs)
 
     def open(self) -> None:
-        name = "libdrizzle" if self.drizzle else "MySQL"
+        name = DRIZZLE if self.drizzle else MYSQL
         try:
             self._conn = self._connect()
         except self._my.Error as exc:
             raise QueueError(f"cannot connect to {name} at {self.where}: "
-                             f"{_one_line(exc)}") from None
+                             f"{one_line(exc)}") from None
         try:
             with self._conn.cursor() as cur:
                 if self.drizzle:
@@ -123,7 +142,7 @@ class MysqlQueue(DbApiQueue):
         except self._my.Error as exc:
             self.close()
             raise QueueError(f"{name} table {self.table} at {self.where}: "
-                             f"{_one_line(exc)}") from None
+                             f"{one_line(exc)}") from None
         if "when_to_run" not in columns:
             self.supports_epoch = False
             t = self.qtable
@@ -187,7 +206,7 @@ class MysqlQueue(DbApiQueue):
             return list(cur.fetchall())
         for unique, function, data, priority, when in self._run(fetch):
             yield StoredJob(_b(unique), _b(function), _b(data),
-                            priority if priority in (0, 1, 2) else NORMAL, int(when or 0))
+                            stored_priority(priority), int(when or 0))
 
 
 def _b(value: object) -> bytes:
@@ -198,20 +217,28 @@ def _b(value: object) -> bytes:
     return str(value).encode()
 
 
-def _port(value: Optional[str]) -> int:
-    try:
-        return int(value or 3306)
-    except ValueError:
-        raise QueueError(f"invalid port {value!r}") from None
+def validate(values: Mapping[str, object]) -> None:
+    DRIVER.require(values)
+
+
+def _libdrizzle(settings: Settings) -> MysqlQueue:
+    opt = settings.queue_text
+    return MysqlQueue(opt("libdrizzle-host"), settings.queue_int("libdrizzle-port"),
+                      opt("libdrizzle-user"), opt("libdrizzle-password"), opt("libdrizzle-db"),
+                      opt("libdrizzle-table"), drizzle=True, unix_socket=opt("libdrizzle-uds"))
+
+
+def _mysql(settings: Settings) -> MysqlQueue:
+    """No --mysql-user/-password/-db: empty, the server's defaults (libmysqlclient's NULL)."""
+    opt = settings.queue_text
+    return MysqlQueue(opt("mysql-host"), settings.queue_int("mysql-port"), opt("mysql-user"),
+                      opt("mysql-password"), opt("mysql-db"), opt("mysql-table"))
+
+
+#: -q name -> how that name reads its options
+FLAVOURS: Dict[str, Callable[[Settings], MysqlQueue]] = {"mysql": _mysql,
+                                                        "libdrizzle": _libdrizzle}
 
 
 def create(settings: Settings) -> MysqlQueue:
-    opt = settings.queue_option
-    if settings.queue_type.lower() == "libdrizzle":
-        return MysqlQueue(opt("libdrizzle-host") or "localhost", _port(opt("libdrizzle-port")),
-                          opt("libdrizzle-user") or "root", opt("libdrizzle-password") or "",
-                          opt("libdrizzle-db") or "gearman", opt("libdrizzle-table") or "queue",
-                          drizzle=True, unix_socket=opt("libdrizzle-uds"))
-    return MysqlQueue(opt("mysql-host") or "localhost", _port(opt("mysql-port")),
-                      opt("mysql-user") or "", opt("mysql-password") or "",
-                      opt("mysql-db") or "", opt("mysql-table") or "gearman_queue")
+    return FLAVOURS[settings.queue_type.lower()](settings)

@@ -3,14 +3,15 @@
 Thread: the processing thread only (``open``/``replay`` run on the main thread before it
 starts, ``close`` after it stopped; the connection is never used by two threads at once).
 
-Layout (reference §6.2, gearmand 1.1.20's DDL, created when the table is missing)::
+Layout (gearmand 1.1.20's DDL, libgearman-server/plugins/queue/postgres/queue.cc; created
+when the table is missing)::
 
     CREATE TABLE IF NOT EXISTS <t> (unique_key VARCHAR(64), function_name VARCHAR(255),
         priority INTEGER, data BYTEA, when_to_run INTEGER, UNIQUE (unique_key, function_name))
 
 Options: ``--libpq-conninfo`` (a libpq connection string; empty = the PG* environment
-variables) and ``--libpq-table`` (default ``queue``).  The connection is in autocommit mode,
-so add() has committed when it returns (flush() has nothing left to do).
+variables) and ``--libpq-table``; their defaults are in ``OPTIONS``. The connection is in
+autocommit mode, so add() has committed when it returns (flush() has nothing left to do).
 
 Fixed gearmand bugs, same format: done() is parameterised (a unique containing ``'``
 works); replay reads priority and when_to_run as the numbers they are (gearmand reads the
@@ -24,27 +25,32 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterator, Tuple, Type
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Tuple, Type
 
 from ..errors import QueueError
-from ..settings import Settings
-from .base import NORMAL, StoredJob
+from ..options import Option, queue_row
+from .base import Driver, StoredJob, one_line, stored_priority
 from .dbapi import DbApiQueue
 
-DEFAULT_TABLE = "queue"
+if TYPE_CHECKING:  # pragma: no cover
+    from ..settings import Settings
+
+SECTION = "Postgres"
+SECTIONS = (SECTION,)
+OPTIONS: Tuple[Option, ...] = (
+    queue_row("libpq-conninfo", "str", None, "PostgreSQL connection information string.",
+              SECTION),
+    queue_row("libpq-table", "str", "queue", "Table to use.", SECTION),
+)
+DRIVER = Driver("psycopg2", "psycopg2", "postgres", "python3-psycopg2")
 CONNECT_TIMEOUT_S = 5
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 class PostgresQueue(DbApiQueue):
     supports_epoch = True
     durable = True
 
-    def __init__(self, conninfo: str = "", table: str = DEFAULT_TABLE) -> None:
+    def __init__(self, conninfo: str, table: str) -> None:
         import psycopg2
         import psycopg2.errors
         import psycopg2.extensions
@@ -76,7 +82,7 @@ class PostgresQueue(DbApiQueue):
         try:
             params = psycopg2.extensions.parse_dsn(conninfo) if conninfo else {}
         except psycopg2.ProgrammingError as exc:
-            raise QueueError(f"invalid --libpq-conninfo: {_one_line(exc)}") from None
+            raise QueueError(f"invalid --libpq-conninfo: {one_line(exc)}") from None
         self._params = params
         host = params.get("host") or os.environ.get("PGHOST") or "local socket"
         port = params.get("port") or os.environ.get("PGPORT") or "5432"
@@ -95,7 +101,7 @@ class PostgresQueue(DbApiQueue):
             self._conn = self._connect()
         except self._pg.Error as exc:
             raise QueueError(f"cannot connect to PostgreSQL at {self.where}: "
-                             f"{_one_line(exc)}") from None
+                             f"{one_line(exc)}") from None
         try:
             with self._conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM information_schema.tables WHERE table_name = %s",
@@ -105,7 +111,7 @@ class PostgresQueue(DbApiQueue):
         except self._pg.Error as exc:
             self.close()
             raise QueueError(f"PostgreSQL table {self.table} at {self.where}: "
-                             f"{_one_line(exc)}") from None
+                             f"{one_line(exc)}") from None
 
     def _driver_error(self) -> Type[BaseException]:
         return self._pg.Error  # type: ignore[no-any-return]
@@ -149,9 +155,14 @@ class PostgresQueue(DbApiQueue):
         for unique, function, priority, data, when in self._run(fetch):
             yield StoredJob((unique or "").encode(), (function or "").encode(),
                             bytes(data) if data is not None else b"",
-                            priority if priority in (0, 1, 2) else NORMAL, int(when or 0))
+                            stored_priority(priority), int(when or 0))
+
+
+def validate(values: Mapping[str, object]) -> None:
+    DRIVER.require(values)
 
 
 def create(settings: Settings) -> PostgresQueue:
-    return PostgresQueue(settings.queue_option("libpq-conninfo") or "",
-                         settings.queue_option("libpq-table") or DEFAULT_TABLE)
+    """An empty or absent --libpq-conninfo leaves everything to libpq's PG* variables."""
+    return PostgresQueue(settings.queue_text("libpq-conninfo"),
+                         settings.queue_text("libpq-table"))

@@ -3,15 +3,17 @@
 Thread: the processing thread only (``open``/``replay`` run on the main thread before it
 starts, ``close`` after it stopped).
 
-Options: ``--redis-server`` (127.0.0.1), ``--redis-port`` (6379), ``--redis-password``
-(sends AUTH) and ``--redis-prefix`` (``_gear_``).
+Options: ``--redis-server``, ``--redis-port`` (a number; anything else reads as 0, like
+gearmand's atoi), ``--redis-password`` (sends AUTH when not empty) and ``--redis-prefix``;
+their defaults are in ``OPTIONS``.
 
-Layout (reference §6.2): key ``<prefix>-<function>-<unique>``, a hash with the fields
-``data`` (the raw bytes) and ``priority`` (decimal), written with one HSET, so gearmand 1.1.20
-replays what we write.  Like upstream after 2.0 we also store the fields ``function`` and
-``unique``, so replay does not have to split the key: a hyphenated function name survives.
-Entries without them (written by gearmand) are split at the first ``-`` after the prefix,
-as gearmand does; a plain string value (gearmand <= 1.1.15) is the data, NORMAL priority.
+Layout (gearmand's, libgearman-server/plugins/queue/redis/queue.cc): key
+``<prefix>-<function>-<unique>``, a hash with the fields ``data`` (the raw bytes) and
+``priority`` (decimal), written with one HSET, so gearmand 1.1.20 replays what we write.
+Like upstream after 2.0 we also store the fields ``function`` and ``unique``, so replay does
+not have to split the key: a hyphenated function name survives. Entries without them
+(written by gearmand) are split at the first ``-`` after the prefix, as gearmand does; a
+plain string value (gearmand <= 1.1.15) is the data, NORMAL priority.
 
 Fixed gearmand bugs, same format: NUL bytes in data survive replay (gearmand copied it with
 strdup); SCAN replaces KEYS.  Redis cannot store epoch jobs (``supports_epoch`` False: the
@@ -21,13 +23,28 @@ persistence settings give: the HSET has been acknowledged before JOB_CREATED.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Tuple
 
 from ..errors import QueueError
-from ..settings import Settings
-from .base import NORMAL, StoredJob
+from ..options import Option, queue_row
+from .base import NORMAL, Driver, StoredJob, one_line, stored_priority
 
-DEFAULT_PREFIX = "_gear_"
+if TYPE_CHECKING:  # pragma: no cover
+    from ..settings import Settings
+
+SECTION = "redis"
+SECTIONS = (SECTION,)
+#: gearmand's --help shows no "(=default)" for these.
+OPTIONS: Tuple[Option, ...] = (
+    queue_row("redis-server", "str", "127.0.0.1", "Redis server", SECTION,
+              show_default=False),
+    queue_row("redis-port", "str", "6379", "Redis server port/service", SECTION,
+              show_default=False),
+    queue_row("redis-password", "str", None, "Redis server password/service", SECTION),
+    queue_row("redis-prefix", "str", "_gear_", "Prefix to use in redis keys", SECTION,
+              show_default=False),
+)
+DRIVER = Driver("redis", "redis", "redis", "python3-redis")
 CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 30.0
 SCAN_COUNT = 1000
@@ -46,8 +63,7 @@ class RedisQueue:
     supports_epoch = False
     durable = True
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 6379,
-                 password: Optional[str] = None, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, host: str, port: int, password: str, prefix: str) -> None:
         import redis
 
         self._redis = redis
@@ -60,16 +76,16 @@ class RedisQueue:
         return b"%s%s-%s" % (self._key_head, function, unique)
 
     def open(self) -> None:
-        client = self._redis.Redis(host=self.host, port=self.port, password=self.password,
+        client = self._redis.Redis(host=self.host, port=self.port,
+                                   password=self.password or None,
                                    socket_connect_timeout=CONNECT_TIMEOUT_S,
                                    socket_timeout=SOCKET_TIMEOUT_S)
         try:
             client.ping()
         except self._redis.RedisError as exc:
             client.close()
-            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise QueueError(f"cannot connect to redis at {self.host}:{self.port}: "
-                             f"{text}") from None
+                             f"{one_line(exc)}") from None
         self._client = client
 
     def close(self) -> None:
@@ -116,24 +132,26 @@ class RedisQueue:
                 function, unique = fields[b"function"], fields[b"unique"]
             elif not sep:
                 return None
-            try:
-                priority = int(fields.get(b"priority", b"1"))
-            except ValueError:
-                priority = NORMAL
             return StoredJob(unique, function, fields.get(b"data", b""),
-                             priority if 0 <= priority <= 2 else NORMAL, 0)
+                             stored_priority(fields.get(b"priority", NORMAL)), 0)
         if kind == b"string" and sep:
             data = client.get(key)
             return None if data is None else StoredJob(unique, function, data, NORMAL, 0)
         return None
 
 
-def create(settings: Settings) -> RedisQueue:
-    port_text = settings.queue_option("redis-port") or "6379"
+def _atoi(text: str) -> int:
+    """The port as gearmand reads it (atoi: a service name or junk is 0)."""
     try:
-        port = int(port_text)
-    except ValueError:   # gearmand uses atoi
-        port = 0
-    return RedisQueue(settings.queue_option("redis-server") or "127.0.0.1", port,
-                      settings.queue_option("redis-password"),
-                      settings.queue_option("redis-prefix") or DEFAULT_PREFIX)
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def validate(values: Mapping[str, object]) -> None:
+    DRIVER.require(values)
+
+
+def create(settings: Settings) -> RedisQueue:
+    return RedisQueue(settings.queue_text("redis-server"), _atoi(settings.queue_text("redis-port")),
+                      settings.queue_text("redis-password"), settings.queue_text("redis-prefix"))

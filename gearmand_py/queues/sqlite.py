@@ -4,7 +4,11 @@ Thread: the processing thread only.  ``open()`` and ``replay()`` run on the main
 before the processing thread starts, and ``save_on_shutdown()``/``close()`` after it has
 stopped, so the connection is opened with ``check_same_thread=False`` but never shared.
 
-Layout (reference §6.2, identical to gearmand 1.1.20 so a table carries over both ways)::
+Options: ``--libsqlite3-db`` (required), ``--libsqlite3-table`` (``gearman_queue``) and
+``--store-queue-on-shutdown``.
+
+Layout (identical to gearmand 1.1.20's, libgearman-server/plugins/queue/sqlite/, so a table
+carries over both ways)::
 
     CREATE TABLE <t> ( unique_key TEXT, function_name TEXT, priority INTEGER, data BLOB,
                        when_to_run INTEGER, PRIMARY KEY (unique_key, function_name))
@@ -28,13 +32,26 @@ in memory to ``save_on_shutdown()`` when it stops (a SIGKILL loses them, by desi
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional, Tuple
 
 from ..errors import ConfigError, QueueError
-from ..settings import Settings
-from .base import NORMAL, StoredJob
+from ..options import SWITCH, Option, queue_row
+from .base import StoredJob, stored_priority
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..settings import Settings
+
+SECTION = "libsqlite3"
+SECTIONS = (SECTION,)
 DEFAULT_TABLE = "gearman_queue"
+OPTIONS: Tuple[Option, ...] = (
+    queue_row("libsqlite3-db", "str", None, "Database file to use.", SECTION),
+    Option("store-queue-on-shutdown", None, SWITCH, None, "Store queue on shutdown.",
+           SECTION, "store_queue_on_shutdown"),
+    queue_row("libsqlite3-table", "str", DEFAULT_TABLE, "Table to use.", SECTION),
+)
+#: gearmand's message (libgearman-server/plugins/queue/sqlite/instance.cc).
+MISSING_DB = "missing required --libsqlite3-db=<dbfile> argument"
 #: gearmand's sqlite3_busy_timeout.
 BUSY_TIMEOUT_S = 6.0
 
@@ -48,8 +65,7 @@ class SqliteQueue:
     supports_epoch = True
     durable = True
 
-    def __init__(self, path: str, table: str = DEFAULT_TABLE,
-                 store_on_shutdown: bool = False) -> None:
+    def __init__(self, path: str, table: str, store_on_shutdown: bool = False) -> None:
         self.path = path
         self.table = table
         self.store_on_shutdown = store_on_shutdown
@@ -166,7 +182,7 @@ class SqliteQueue:
         rows = db.execute(self._sql_replay).fetchall()
         for unique, function, priority, data, when in rows:
             yield StoredJob(_as_bytes(unique), _as_bytes(function), _as_bytes(data),
-                            _priority(priority), int(when or 0))
+                            stored_priority(priority), int(when or 0))
         if self.store_on_shutdown:
             # 1.1.21: the jobs now live in memory until the shutdown save.
             db.execute(f"DELETE FROM {quote_ident(self.table)}")
@@ -194,17 +210,18 @@ def _as_bytes(value: object) -> bytes:
     return str(value).encode()
 
 
-def _priority(value: object) -> int:
-    try:
-        p = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return NORMAL
-    return p if 0 <= p <= 2 else NORMAL
+def _db_file(value: object) -> str:
+    """--libsqlite3-db, which gearmand requires (an empty name counts as none)."""
+    if not value:
+        raise ConfigError(MISSING_DB)
+    return str(value)
+
+
+def validate(values: Mapping[str, object]) -> None:
+    _db_file(values.get("libsqlite3-db"))
 
 
 def create(settings: Settings) -> SqliteQueue:
-    path = settings.queue_option("libsqlite3-db")
-    if not path:
-        raise ConfigError("missing required --libsqlite3-db=<dbfile> argument")
-    table = settings.queue_option("libsqlite3-table") or DEFAULT_TABLE
-    return SqliteQueue(path, table, settings.store_queue_on_shutdown)
+    return SqliteQueue(_db_file(settings.queue_option("libsqlite3-db")),
+                       settings.queue_text("libsqlite3-table"),
+                       settings.store_queue_on_shutdown)

@@ -10,11 +10,12 @@ for a hash database, with ``#``-separated tuning parameters) and
 ``--libtokyocabinet-optimize`` (accepted; like gearmand the file is always optimised on
 open).
 
-Layout (reference §6.2, gearmand's): key ``<function>-<unique>``; value
-``function\\0unique\\0<P><when>\\0data`` where P is one ASCII digit (0 HIGH, 1 NORMAL, 2 LOW)
-immediately followed by the decimal when (``10`` = NORMAL, now).  add() is tcadbput and
-flush() tcadbsync (the job is on disk before JOB_CREATED); done() is tcadbout.  Replay
-parses the value, not the key, so hyphenated names and any bytes survive.
+Layout (gearmand's, libgearman-server/plugins/queue/tokyocabinet/queue.cc): key
+``<function>-<unique>``; value ``function\\0unique\\0<P><when>\\0data`` where P is one ASCII
+digit (0 HIGH, 1 NORMAL, 2 LOW) immediately followed by the decimal when (``10`` = NORMAL,
+now). add() is tcadbput and flush() tcadbsync (the job is on disk before JOB_CREATED);
+done() is tcadbout. Replay parses the value, not the key, so hyphenated names and any bytes
+survive.
 """
 
 from __future__ import annotations
@@ -22,14 +23,46 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, QueueError
-from ..settings import Settings
-from .base import NORMAL, StoredJob
+from ..options import SWITCH, Option, queue_row
+from .base import StoredJob, stored_priority
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..settings import Settings
+
+SECTION = "libtokyocabinet"
+SECTIONS = (SECTION,)
+OPTIONS: Tuple[Option, ...] = (
+    queue_row("libtokyocabinet-file", "str", None, "File name of the database. [see: man "
+              "tcadb, tcadbopen() for name guidelines]", SECTION),
+    queue_row("libtokyocabinet-optimize", SWITCH, None, "Optimize database on open. "
+              "[default=true]", SECTION),
+)
+#: gearmand's wording ("No --file given", the module's option without its prefix), with
+#: the option's full name.
+NO_FILE = "No --libtokyocabinet-file given"
+MISSING_LIBRARY = ("-q libtokyocabinet needs the C library libtokyocabinet "
+                   "(Debian's libtokyocabinet9)")
 LIBRARY_NAMES = ("libtokyocabinet.so.9", "libtokyocabinet.so")
 _lib: Optional[ctypes.CDLL] = None
+
+
+def library_names() -> List[str]:
+    """Where to look: the usual sonames, then whatever ctypes.util finds."""
+    found = ctypes.util.find_library("tokyocabinet")
+    return list(LIBRARY_NAMES) + ([found] if found else [])
+
+
+def open_library(names: Sequence[str]) -> ctypes.CDLL:
+    """The first of ``names`` that loads; ConfigError(MISSING_LIBRARY) when none does."""
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise ConfigError(MISSING_LIBRARY)
 
 
 def load_library() -> ctypes.CDLL:
@@ -37,20 +70,7 @@ def load_library() -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
-    names = list(LIBRARY_NAMES)
-    found = ctypes.util.find_library("tokyocabinet")
-    if found:
-        names.append(found)
-    lib = None
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        raise ConfigError("queue module libtokyocabinet needs the system library "
-                          "libtokyocabinet (Debian package libtokyocabinet9)")
+    lib = open_library(library_names())
     vp, cp, i, b = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_bool
     ip = ctypes.POINTER(ctypes.c_int)
     protos: dict = {
@@ -82,10 +102,8 @@ def encode_value(job: StoredJob) -> bytes:
 
 def decode_value(value: bytes) -> StoredJob:
     function, unique, meta, data = value.split(b"\0", 3)
-    priority = meta[:1]
     when = meta[1:]
-    p = int(priority) if priority.isdigit() else NORMAL
-    return StoredJob(unique, function, data, p if p <= 2 else NORMAL,
+    return StoredJob(unique, function, data, stored_priority(meta[:1]),
                      int(when) if when.isdigit() else 0)
 
 
@@ -172,8 +190,17 @@ class TokyoCabinetQueue:
                 raise QueueError(f"malformed tokyocabinet record {key[:80]!r}") from None
 
 
+def _file(value: object) -> str:
+    """--libtokyocabinet-file, which gearmand requires (an empty name counts as none)."""
+    if not value:
+        raise ConfigError(NO_FILE)
+    return str(value)
+
+
+def validate(values: Mapping[str, object]) -> None:
+    _file(values.get("libtokyocabinet-file"))
+    load_library()
+
+
 def create(settings: Settings) -> TokyoCabinetQueue:
-    path = settings.queue_option("libtokyocabinet-file")
-    if not path:
-        raise ConfigError("missing required --libtokyocabinet-file=<file> argument")
-    return TokyoCabinetQueue(path)
+    return TokyoCabinetQueue(_file(settings.queue_option("libtokyocabinet-file")))
