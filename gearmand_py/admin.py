@@ -11,7 +11,6 @@ import os
 from typing import Callable, Dict, List, Tuple
 from urllib.parse import quote_plus
 
-from . import COMPAT_VERSION
 from .engine import Engine
 from .state import FUNCTION_BUCKETS, Peer, bucket_order
 
@@ -148,7 +147,7 @@ def verbose(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
 
 
 def version(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
-    return b"OK %s\n" % COMPAT_VERSION.encode()
+    return b"OK %s\n" % engine.options.version.encode()
 
 
 COMMANDS: Dict[bytes, AdminCommand] = {

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 
 import click
 
-from . import COMPAT_VERSION, __version__
+from . import COMPAT_VERSION, __version__, compat
 from .errors import GearmandError
 from .settings import OPTIONS, SECTIONS, Option, Options, build_settings, parse
 
@@ -60,6 +60,12 @@ def help_text() -> str:
                 lines.append(spec)
             lines.extend(" " * HELP_COLUMN + w for w in wrapped)
         lines.append("")
+    lines.append("Compatibility modes (--compat):")
+    width = max(len(row[0]) for row in compat.TABLE) + 2
+    lines.append("  " + "behaviour".ljust(width) + "1.1 | 2.0")
+    for what, old, new in compat.TABLE:
+        lines.append("  " + what.ljust(width) + f"{old} | {new}")
+    lines.append("")
     return "\n".join(lines) + "\n"
 
 

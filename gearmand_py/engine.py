@@ -12,14 +12,14 @@ import heapq
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .log import NOTICE
 from .messages import PAUSE_READ, RESUME_READ, Reply
 from .protocol.codec import pack
 from .protocol.commands import Cmd
 from .queues.base import QueueBackend, StoredJob
-from .state import NO_CLIENTS, Ability, Function, Job, Peer
+from .state import NO_CLIENTS, PRIORITIES, Ability, Function, Job, Peer
 
 log = logging.getLogger("gearmand")
 
@@ -55,10 +55,13 @@ class EngineOptions:
 
     handle_prefix: str          # job handles are "<prefix>:<n>"
     round_robin: bool           # -R: a worker's functions rotate after each assignment
+    priority_global: bool       # --priority-scope=global: highest priority across functions
     worker_wakeup: int          # -w: sleeping workers NOOPed per job; 0 = all
     job_retries: int            # -j: attempts before a job is dropped; 0 = no limit
     exceptions: bool            # --exceptions: every client gets WORK_EXCEPTION
     verbose: str                # the log level, as the admin "verbose" command shows it
+    version: str                # what the admin "version" command answers
+    error_log_level: int        # the level ERROR replies are logged at (2.0: ERROR)
     hashtable_buckets: int      # listing order of "show jobs" (gearmand's hash table)
 
 
@@ -77,6 +80,7 @@ class Engine:
         self.timers: List[Tuple[float, int, int, Job, int]] = []
         self._seq = 0
         self.round_robin = options.round_robin
+        self.priority_global = options.priority_global
         self.worker_wakeup = options.worker_wakeup
         self.max_retries = options.job_retries
         self.on_idle: Optional[Callable[[], None]] = None   # graceful-stop hook
@@ -101,7 +105,8 @@ class Engine:
         self.out.setdefault(conn.io_id, []).append((conn.id, None))
 
     def error(self, conn: Peer, code: bytes, text: bytes) -> None:
-        log.warning("GEARMAN_%s:%s", code.decode(), text.decode("utf-8", "replace"))
+        log.log(self.options.error_log_level, "GEARMAN_%s:%s", code.decode(),
+                text.decode("utf-8", "replace"))
         self.send(conn, pack(Cmd.ERROR, code, text))
 
     def function(self, name: bytes) -> Function:
@@ -328,21 +333,28 @@ class Engine:
     def _take(self, func: Function, now: float) -> Optional[Job]:
         """The first due, wanted job of the highest non-empty priority; purges ignored."""
         for dq in func.queues:
-            i = 0
-            while i < len(dq):
-                job = dq[i]
-                if job.ignored:
-                    del dq[i]
-                    self._forget(job)
-                    continue
-                if job.when and job.when > now:
-                    i += 1
-                    continue
-                if i == 0:
-                    dq.popleft()
-                else:
-                    del dq[i]
+            job = self._take_from(dq, now)
+            if job is not None:
                 return job
+        return None
+
+    def _take_from(self, dq: Deque[Job], now: float) -> Optional[Job]:
+        """The first due, wanted job of one priority queue; purges ignored ones."""
+        i = 0
+        while i < len(dq):
+            job = dq[i]
+            if job.ignored:
+                del dq[i]
+                self._forget(job)
+                continue
+            if job.when and job.when > now:
+                i += 1
+                continue
+            if i == 0:
+                dq.popleft()
+            else:
+                del dq[i]
+            return job
         return None
 
     def has_due_job(self, conn: Peer) -> bool:
@@ -355,10 +367,16 @@ class Engine:
         return False
 
     def grab(self, conn: Peer) -> Optional[Job]:
+        """Assign the worker its next job, or None.  The worker's functions are walked in
+        registration order (rotated after each assignment with -R); with
+        ``--priority-scope=function`` the first function with a due job gives its highest
+        priority job, with ``global`` the highest priority across all functions wins."""
         conn.sleeping = False
         conn.noop_sent = False
         if self.sleepers:
             self.sleepers.discard(conn)
+        if self.priority_global:
+            return self._grab_global(conn)
         abilities = conn.abilities
         now = 0.0
         for idx, ability in enumerate(abilities):
@@ -368,19 +386,35 @@ class Engine:
             if not now:
                 now = time.time()
             job = self._take(func, now)
-            if job is None:
-                continue
-            if self.round_robin:
-                abilities.append(abilities.pop(idx))
-            job.worker = conn
-            job.token += 1
-            conn.held[job.handle] = job
-            func.running += 1
-            if ability.timeout_ms > 0:
-                self.add_timer(time.monotonic() + ability.timeout_ms / 1000.0,
-                               TIMER_WORKER_TIMEOUT, job, job.token)
-            return job
+            if job is not None:
+                return self._assign(conn, idx, job)
         return None
+
+    def _grab_global(self, conn: Peer) -> Optional[Job]:
+        abilities = conn.abilities
+        now = time.time()
+        for priority in PRIORITIES:
+            for idx, ability in enumerate(abilities):
+                dq = ability.function.queues[priority]
+                if dq:
+                    job = self._take_from(dq, now)
+                    if job is not None:
+                        return self._assign(conn, idx, job)
+        return None
+
+    def _assign(self, conn: Peer, idx: int, job: Job) -> Job:
+        abilities = conn.abilities
+        ability = abilities[idx]
+        if self.round_robin:
+            abilities.append(abilities.pop(idx))
+        job.worker = conn
+        job.token += 1
+        conn.held[job.handle] = job
+        job.function.running += 1
+        if ability.timeout_ms > 0:
+            self.add_timer(time.monotonic() + ability.timeout_ms / 1000.0,
+                           TIMER_WORKER_TIMEOUT, job, job.token)
+        return job
 
     def release_jobs(self, conn: Peer, func: Optional[Function]) -> None:
         """Requeue the jobs a worker holds (all, or those of one function), newest first."""

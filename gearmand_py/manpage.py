@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import List
 
-from . import COMPAT_VERSION, __version__
+from . import COMPAT_VERSION, __version__, compat
 from .settings import OPTIONS, SECTIONS, Option
 
 SIGNALS = [
@@ -115,6 +115,16 @@ def render() -> str:
                 text += f" Default: {opt.default}."
             lines.append(esc(text))
     lines += [
+        ".SH COMPATIBILITY MODES",
+        esc("--compat=1.1 (the default) behaves as gearmand 1.1.20; --compat=2.0 as "
+            "gearmand 2.0.0. Pieces with a flag of their own (--priority-scope) can still be "
+            "set apart from the mode. --job-retries=-1 means no limit in both modes "
+            "(upstream's next release makes -1 the default and 0 mean no retries)."),
+        ".TS",
+        "l l l.",
+        "\\fBbehaviour\\fR\t\\fB1.1\\fR\t\\fB2.0\\fR",
+        *(esc(f"{what}\t{old}\t{new}") for what, old, new in compat.TABLE),
+        ".TE",
         ".SH CONFIGURATION FILE",
         esc("The file named by --config-file (default /etc/gearmand.conf, which may be "
             "missing; a missing file named explicitly is an error) or @file is split on "

@@ -19,7 +19,7 @@ import queue
 import threading
 from typing import Any, Callable, List, Optional, Sequence
 
-from . import malloc, queues
+from . import compat, malloc, queues
 from .engine import Engine, EngineOptions, default_handle_prefix
 from .errors import QueueError
 from .iothread import IOLoop
@@ -46,11 +46,15 @@ MAX_OUTPUT_PACKETS = 4
 
 def engine_options(settings: Settings) -> EngineOptions:
     """The few options the job engine uses."""
+    mode = compat.MODES[settings.compat]
     return EngineOptions(
         handle_prefix=settings.job_handle_prefix or default_handle_prefix(),
-        round_robin=settings.round_robin, worker_wakeup=settings.worker_wakeup,
+        round_robin=settings.round_robin,
+        priority_global=settings.priority_scope == "global",
+        worker_wakeup=settings.worker_wakeup,
         job_retries=settings.job_retries, exceptions=settings.exceptions,
-        verbose=settings.verbose, hashtable_buckets=settings.hashtable_buckets)
+        verbose=settings.verbose, version=mode.version,
+        error_log_level=mode.error_log_level, hashtable_buckets=settings.hashtable_buckets)
 
 
 class Server:

@@ -17,7 +17,7 @@ import re
 import socket
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import queues
+from . import compat, queues
 from .errors import ConfigError
 from .log import LEVEL_NAMES, raise_verbosity
 from .options import SWITCH, Option
@@ -62,6 +62,8 @@ class Settings:
     syslog: bool = False
     queue_type: str = "builtin"
     protocol: Optional[str] = None
+    compat: str = compat.DEFAULT          # --compat: "1.1" or "2.0" (gearmand_py/compat.py)
+    priority_scope: str = "function"      # effective: --priority-scope, else the mode's
     http_port: str = "8080"
     keepalive: bool = False
     keepalive_idle: int = -1
@@ -172,6 +174,9 @@ OPTIONS: List[Option] = [
        "Seconds a client may leave more than 4 MiB of output unread (while the workers "
        "feeding it are paused) before its connection is closed; its foreground jobs are "
        "then handled as a disconnect. 0 = never. (gearmand-py extension)", extension=True),
+    _o("compat", None, "str", compat.DEFAULT,
+       "Behave as gearmand 1.1 or 2.0 (see COMPATIBILITY MODES). (gearmand-py extension)",
+       extension=True),
     _o("daemon", "d", SWITCH, None, "Daemon, detach and run in the background."),
     _o("exceptions", None, SWITCH, None, "Enable protocol exceptions by default."),
     _o("file-descriptors", "f", "u32", None,
@@ -205,6 +210,11 @@ OPTIONS: List[Option] = [
        "Largest packet payload accepted from a peer, in bytes; a bigger packet closes that "
        "connection. (gearmand-py extension)", extension=True, limits=(1, (1 << 32) - 1)),
     _o("pid-file", "P", "str", DEFAULT_PID_FILE, "File to write process ID out to."),
+    _o("priority-scope", None, "str", None,
+       "'function': a worker's functions are walked in turn and each function's queue is "
+       "served by priority; 'global': the highest priority job across all the worker's "
+       "functions goes first. Default: function, or global with --compat=2.0. "
+       "(gearmand-py extension)", extension=True),
     _o("protocol", "r", "str", None, "Load protocol module (only 'http')."),
     _o("round-robin", "R", SWITCH, None,
        "Assign work in round-robin order per worker connection. The default is to assign "
@@ -486,6 +496,23 @@ def _env_port(port: str, env: Dict[str, str], warnings: List[str]) -> str:
     return value
 
 
+def _choice(values: Dict[str, object], name: str, allowed: Sequence[str]) -> str:
+    value = str(values[name])
+    if value not in allowed:
+        raise ConfigError(f"the argument ('{value}') for option '--{name}' is invalid")
+    return value
+
+
+#: --job-retries=-1 arrives as this (gearmand reads an unsigned number).
+_MINUS_ONE = (1 << 32) - 1
+
+
+def _job_retries(value: int) -> int:
+    """gearmand keeps the low byte (-j 256 = 0 = no limit); -1 means no limit too (1.1.20
+    turned it into 255 by accident; upstream's next release makes -1 the default)."""
+    return 0 if value == _MINUS_ONE else value & 0xFF
+
+
 def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Settings:
     """Validate every value and build the frozen Settings (raises ConfigError)."""
     v = opts.values
@@ -500,6 +527,10 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
     if protocol is not None and protocol not in loadable_protocols():
         raise ConfigError(f"Unknown protocol module : {protocol}")
     http_port = _check_port(str(v["http-port"]), "http-port")
+    mode = _choice(v, "compat", list(compat.MODES))
+    scope = v["priority-scope"]
+    if scope is not None:
+        scope = _choice(v, "priority-scope", compat.PRIORITY_SCOPES)
     queue_type = canonical_queue(str(v["queue-type"]))
     queues.validate(v)
     user = v["user"]
@@ -519,11 +550,13 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
     fields.update(
         port=port, http_port=http_port, threads=threads, queue_type=queue_type,
         listen=(str(v["listen"]),) if v["listen"] is not None else (),
-        job_retries=int(v["job-retries"]) & 0xFF,  # type: ignore[call-overload]
+        job_retries=_job_retries(int(v["job-retries"])),  # type: ignore[call-overload]
         worker_wakeup=int(v["worker-wakeup"]) & 0xFF,  # type: ignore[call-overload]
         log_file=log_file, pid_file=str(pid_file) if pid_file else None,
         pid_file_is_default="pid-file" not in opts.explicit,
-        daemon=bool(v["daemon"]), round_robin=bool(v["round-robin"]),
+        compat=mode, priority_scope=scope or compat.MODES[mode].priority_scope,
+        daemon=bool(v["daemon"]),
+        round_robin=bool(v["round-robin"]) or compat.MODES[mode].round_robin,
         exceptions=bool(v["exceptions"]), syslog=bool(v["syslog"]),
         keepalive=bool(v["keepalive"]), coredump=bool(v["coredump"]), ssl=bool(v["ssl"]),
         ssl_ca_file=str(v["ssl-ca-file"]), ssl_certificate=str(v["ssl-certificate"]),

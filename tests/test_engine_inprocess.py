@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import os
 import re
+import logging
 import struct
 import time
 from typing import Any, Dict, List, Optional
@@ -49,8 +50,9 @@ class Harness:
 
     def __init__(self, **overrides: Any) -> None:
         opts: Dict[str, Any] = dict(handle_prefix="H:unit", round_robin=False,
-                                    worker_wakeup=0, job_retries=0, exceptions=False,
-                                    verbose="ERROR", hashtable_buckets=1)
+                                    priority_global=False, worker_wakeup=0, job_retries=0,
+                                    exceptions=False, verbose="ERROR", version="1.1.20",
+                                    error_log_level=logging.WARNING, hashtable_buckets=1)
         opts.update(overrides)
         self.engine = Engine(EngineOptions(**opts), BuiltinQueue())
         self.processor = Processor(self.engine)

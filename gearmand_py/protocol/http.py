@@ -33,7 +33,7 @@ from typing import List, Optional, Tuple
 
 import h11
 
-from .. import COMPAT_VERSION
+from .. import COMPAT_VERSION, compat
 from ..messages import PROTOCOL_ERROR, Event
 from ..settings import Settings
 from . import Plugin, Port
@@ -60,25 +60,32 @@ Headers = List[Tuple[bytes, bytes]]
 Reply = Tuple[int, bytes, Headers, bytes]
 
 
-def response(status: bytes, headers: Headers, body: bytes = b"",
-             send_body: bool = True) -> bytes:
-    """gearmand 1.1.20's HTTP/1.0 response bytes."""
-    lines = [b"HTTP/1.0 " + status]
+def response(status: bytes, headers: Headers, body: bytes = b"", send_body: bool = True,
+             server: bytes = SERVER, version: bytes = b"HTTP/1.0",
+             close: bool = False) -> bytes:
+    """gearmand's response bytes: 1.1.20's HTTP/1.0 ones, or 2.0.0's to an HTTP/1.1
+    request (``version`` HTTP/1.1, ``close``: a Connection: close header)."""
+    lines = [version + b" " + status]
     lines += [name + b": " + value for name, value in headers]
     lines.append(b"Content-Length: %d" % len(body))
-    lines.append(b"Server: " + SERVER)
+    lines.append(b"Server: " + server)
+    if close:
+        lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + (body if send_body else b"")
 
 
 class HttpSession:
-    __slots__ = ("max_body", "_h11", "_request", "_body", "_size", "_busy", "method",
-                 "handle", "chunks", "closing", "interim", "backlog")
+    __slots__ = ("max_body", "server", "http11_close", "_h11", "_request", "_body", "_size",
+                 "_busy", "method", "handle", "chunks", "closing", "interim", "backlog")
 
     #: Requests are read with the I/O thread's usual read size.
     missing = 0
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, server: bytes = SERVER,
+                 http11_close: bool = False) -> None:
         self.max_body = max_body
+        self.server = server                # the Server header's value
+        self.http11_close = http11_close    # --compat=2.0: HTTP/1.1 replies, then close
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self._request: Optional[h11.Request] = None
         self._body: List[bytes] = []
@@ -173,7 +180,8 @@ class HttpSession:
     def _fail(self, status: int, reason: bytes, message: bytes) -> List[Event]:
         """Refuse the request: an error response, then the connection closes."""
         self.closing = True
-        self.interim += response(b"%d %s" % (status, reason), [], message + b"\n")
+        self.interim += response(b"%d %s" % (status, reason), [], message + b"\n",
+                                 server=self.server)
         return [(PROTOCOL_ERROR, False, (message,))]
 
     # ---- replies out ----------------------------------------------------------------
@@ -185,11 +193,13 @@ class HttpSession:
         status, reason, headers, body = reply
         send_body = self.method != b"HEAD"
         request = self._request
-        if request is None or request.http_version != b"1.1":
+        if request is None or request.http_version != b"1.1" or self.http11_close:
             self.closing = True
-            return response(b"%d %s" % (status, reason), headers, body, send_body)
+            http11 = request is not None and request.http_version == b"1.1"
+            return response(b"%d %s" % (status, reason), headers, body, send_body,
+                            self.server, b"HTTP/1.1" if http11 else b"HTTP/1.0", http11)
         conn = self._h11
-        headers = headers + [(b"Content-Length", b"%d" % len(body)), (b"Server", SERVER)]
+        headers = headers + [(b"Content-Length", b"%d" % len(body)), (b"Server", self.server)]
         out = conn.send(h11.Response(status_code=status, reason=reason, headers=headers))
         if send_body and body:
             out += conn.send(h11.Data(data=body))
@@ -236,7 +246,10 @@ def _listen_port(settings: Settings) -> Optional[str]:
 
 
 def _open(settings: Settings) -> Port:
-    return Port("HTTP", functools.partial(HttpSession, settings.max_packet_size))
+    mode = compat.MODES[settings.compat]
+    return Port("HTTP", functools.partial(HttpSession, settings.max_packet_size,
+                                          b"Gearman/" + mode.version.encode(),
+                                          mode.http11_close))
 
 
 PLUGIN = Plugin("http", _listen_port, _open)
