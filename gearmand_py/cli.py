@@ -3,7 +3,7 @@
 click is the command and help framework; the parsing itself is settings.parse_tokens, which
 reproduces boost::program_options' forms and error messages exactly (click's own parser
 cannot: it abbreviates nothing but words its errors differently and has no ``-xv`` cluster
-rules of boost).  Order of checks, as gearmand 1.1.20 (reference §1.3): parse the command line
+rules of boost).  Order of checks, as gearmand 1.1.20: parse the command line
 and the config file -> --verbose -> --hashtable-buckets -> --check-args -> --help ->
 --version -> start (app.run).  Every error: ``<argv[0]>: <message>`` on stderr, exit 1.
 """
@@ -20,14 +20,16 @@ from . import COMPAT_VERSION, __version__
 from .errors import GearmandError
 from .settings import OPTIONS, SECTIONS, SWITCH, Option, Options, build_settings, parse
 
-BUG_URL = "https://github.com/gearman/gearmand/issues"
+#: Where -V sends bug reports (gearmand prints its issue tracker here; this is not C gearmand).
+BUG_REPORTS = "report bugs to the gearmand-py maintainers"
 HELP_WIDTH = 80
 HELP_COLUMN = 40
 
 
 def version_text() -> str:
-    """gearmand's -V output (a leading empty line), naming this implementation too."""
-    return f"\ngearmand {COMPAT_VERSION} - {BUG_URL}\n(gearmand-py {__version__})\n"
+    """gearmand's -V output (a leading empty line, then ``gearmand <version> - ...``, the line
+    tools parse), naming this implementation and where its bugs go."""
+    return f"\ngearmand {COMPAT_VERSION} - {BUG_REPORTS}\n(gearmand-py {__version__})\n"
 
 
 def option_spec(opt: Option) -> str:
