@@ -4,7 +4,8 @@
   docs/, conf/, man/, scripts/, tests/, tox.ini, pytest.ini and LICENSE; the wheel carries
   ``gearmand_py/py.typed``, the LICENSE, man pages and service files.
 * The wheel installs into a fresh venv of Debian's own ``/usr/bin/python3`` and that
-  ``gearmand`` answers ``-V`` and ECHO.
+  ``gearmand`` answers ``-V`` and ECHO; so does the apt-only install of docs/operations.md
+  (Debian's python3-click and python3-daemon, nothing from PyPI).
 * The README's install line runs verbatim on Debian's python3, with only its two prefixes
   (``/opt/gearmand-py``, ``/usr/local/bin``) moved into a temporary directory.
 * The systemd unit (and its Type=forking drop-in) passes ``systemd-analyze verify`` with
@@ -198,6 +199,33 @@ def test_wheel_installs_and_runs_in_a_debian_python_venv(dists: Tuple[str, str],
     typed = os.path.join(os.path.dirname(where.stdout.strip()), "py.typed")
     assert os.path.exists(typed)
     _start_and_echo([gearmand], env, str(tmp_path))
+
+
+def test_apt_only_install_uses_debian_packages(source: str, tmp_path: object) -> None:
+    """docs/operations.md's apt-only variant: Debian's python3-click, python3-daemon,
+    python3-setuptools and python3-wheel, a --system-site-packages venv, nothing from PyPI
+    (--no-index)."""
+    _require_debian_venv()
+    env = _clean_env("/usr/bin:/bin")
+    probe = subprocess.run([DEBIAN_PYTHON, "-c", "import click, daemon, setuptools, wheel"],
+                           capture_output=True, text=True, timeout=30, env=env, cwd="/")
+    if probe.returncode != 0:
+        if IN_CI:
+            pytest.fail("python3-click/-daemon/-setuptools/-wheel missing in CI: "
+                        + probe.stderr)
+        pytest.skip("Debian's python3-click/-daemon/-setuptools/-wheel not installed")
+    venv = os.path.join(str(tmp_path), "venv")
+    subprocess.run([DEBIAN_PYTHON, "-m", "venv", "--system-site-packages", venv], check=True,
+                   timeout=120, env=env)
+    pip = subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "--no-index",
+                          "--no-deps", "--no-build-isolation", source], capture_output=True,
+                         text=True, timeout=PIP_TIMEOUT, env=env, cwd=str(tmp_path))
+    assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
+    where = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
+                            "import click, daemon; print(click.__file__, daemon.__file__)"],
+                           capture_output=True, text=True, timeout=30, env=env, cwd="/")
+    assert where.stdout.count("/usr/lib/python3/dist-packages/") == 2, where
+    _start_and_echo([os.path.join(venv, "bin", "gearmand")], env, str(tmp_path))
 
 
 def readme_install_line() -> str:
