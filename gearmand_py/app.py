@@ -5,7 +5,11 @@ Runs on the main thread (renamed "main", gearmand's ``[  main ]`` tag).  Start-u
     -f (RLIMIT_NOFILE) -> -u checks (root? user exists?) -> logging (-l, --syslog)
     -> bind (-L/-p) -> -u privilege drop -> -d daemonise -> pid file (-P)
     -> signal handlers -> Server.start() (queue open + replay, threads) -> "ready"
+    (the -d launcher's pipe, and READY=1 to systemd's $NOTIFY_SOCKET)
     -> Server.run() -> pid file removed -> exit code
+
+``-d`` without ``-l`` logs to C gearmand's default file (settings.DAEMON_LOG_FILE) rather
+than to a stderr that is /dev/null once detached, and says so on the terminal first.
 
 Deviations from gearmand, on purpose: the log file is opened before binding, because the
 listener logs each "Listening on" line and the operator must see a log-file fallback
@@ -14,8 +18,9 @@ reopen it.  The privilege drop comes after binding (gearmand drops first and so 
 a port below 1024 with -u).  The daemon's launcher exits only when the server is ready.
 
 Signal handlers never do work: each posts a function to the main loop (Server.post).
-SIGTERM/SIGINT stop at once, SIGUSR1 stops gracefully, SIGHUP reopens the log file.
-A signal that arrives before Server.start() has finished is held and posted after it.
+SIGTERM/SIGINT stop at once, SIGUSR1 stops gracefully, SIGHUP reopens the log file; a stop
+sends STOPPING=1 to systemd first.  A signal that arrives before Server.start() has
+finished is held and posted after it.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from . import protocol
 from .errors import GearmandError
 from .listener import Listening, bind_listeners
 from .server import Server
-from .settings import Settings
+from .settings import DAEMON_LOG_FILE, Settings
 from .threads import set_native_name
 
 log = logging.getLogger("gearmand")
@@ -53,6 +58,7 @@ class SignalRouter:
         self.logs = logs
         self.server: Any = None
         self.pending: List[str] = []
+        self.systemd = proc.SystemdNotifier({})    # replaced once the process is final
 
     def install(self) -> None:
         for signum in self.SIGNALS:
@@ -70,11 +76,15 @@ class SignalRouter:
 
     def action(self, name: str) -> Callable[[], None]:
         actions: Dict[str, Callable[[], None]] = {
-            "stop": functools.partial(self.server.stop, False),
-            "graceful": functools.partial(self.server.stop, True),
+            "stop": functools.partial(self._stop, False),
+            "graceful": functools.partial(self._stop, True),
             "reopen": self.logs.reopen,
         }
         return actions[name]
+
+    def _stop(self, graceful: bool) -> None:
+        self.systemd.stopping()
+        self.server.stop(graceful)
 
     def attach(self, server: Any) -> None:
         """The server takes posts now: post what arrived during start-up, in order."""
@@ -132,7 +142,17 @@ def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
     proc.set_fd_limit(settings.file_descriptors)
     user = proc.lookup_user(settings.user) if settings.user else None
     _preload(settings)
-    logs = logsetup.configure(settings.log_file, settings.verbose, settings.syslog)
+    from .cli import prog_name
+    prog = prog_name()
+    log_file = settings.log_file
+    if settings.daemon and settings.log_file_is_default:
+        log_file = DAEMON_LOG_FILE
+        _tell(f"{prog}: --daemon without --log-file: logging to {log_file}")
+    logs = logsetup.configure(log_file, settings.verbose, settings.syslog,
+                              log_format=settings.log_format, prog=prog)
+    if settings.daemon and logs.to_stderr:
+        _tell(f"{prog}: the log goes to stderr, which is /dev/null once --daemon detaches: "
+              "give --log-file=PATH or --syslog")
     for warning in warnings:
         log.warning("%s", warning)
     try:
@@ -174,6 +194,7 @@ def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any) -> int:
         notifier = proc.daemonize(keep)
         router.install()
         logs.after_daemon()
+    router.systemd = proc.SystemdNotifier()
     if not settings.coredump:
         faulthandler.enable(file=_crash_fd(logs), all_threads=True)
     pid_written = False
@@ -193,13 +214,22 @@ def _serve(settings: Settings, logs: logsetup.LogConfig, user: Any) -> int:
             log.critical("start-up failed: %r", exc, exc_info=exc)
         raise
     notifier.ready()
+    router.systemd.ready()
     try:
         code: int = server.run()
     finally:
+        router.systemd.stopping()
+        router.systemd.close()
         if pid_written and settings.pid_file:
             proc.remove_pid_file(settings.pid_file)
         logs.close()
     return code
+
+
+def _tell(message: str) -> None:
+    """A start-up notice for the operator's terminal (stderr), before any detaching."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def _crash_fd(logs: logsetup.LogConfig) -> int:

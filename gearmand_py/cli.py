@@ -23,14 +23,16 @@ from . import COMPAT_VERSION, __version__, compat
 from .errors import GearmandError
 from .settings import OPTIONS, SECTIONS, Option, Options, build_settings, parse
 
-BUG_URL = "https://github.com/gearman/gearmand/issues"
+#: Where -V sends bug reports (gearmand prints its issue tracker here; this is not C gearmand).
+BUG_REPORTS = "report bugs to the gearmand-py maintainers"
 HELP_WIDTH = 80
 HELP_COLUMN = 40
 
 
 def version_text() -> str:
-    """gearmand's -V output (a leading empty line), naming this implementation too."""
-    return f"\ngearmand {COMPAT_VERSION} - {BUG_URL}\n(gearmand-py {__version__})\n"
+    """gearmand's -V output (a leading empty line, then ``gearmand <version> - ...``, the line
+    tools parse), naming this implementation and where its bugs go."""
+    return f"\ngearmand {COMPAT_VERSION} - {BUG_REPORTS}\n(gearmand-py {__version__})\n"
 
 
 def option_spec(opt: Option) -> str:

@@ -1,6 +1,8 @@
-"""Process plumbing for start-up: -f (RLIMIT_NOFILE), -u (privilege drop), -d, -P.
+"""Process plumbing for start-up: -f (RLIMIT_NOFILE), -u (privilege drop), -d, -P, and
+systemd's readiness protocol (sd_notify).
 
-Everything here runs on the main thread, before any server thread exists.
+Everything here runs on the main thread (before any server thread exists, except the
+SystemdNotifier's STOPPING=1, sent from the main loop when a stop begins).
 
 Daemonising (``-d``) uses python-daemon, with a ready pipe on top so that the launching
 process behaves like gearmand's parent: it waits, and exits 0 only once the daemon reports
@@ -17,8 +19,9 @@ import errno
 import os
 import pwd
 import resource
+import socket
 import sys
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional, Union
 
 from .errors import ConfigError
 
@@ -26,6 +29,10 @@ FD_LIMIT_MESSAGE = ("Failed to set limit for the number of file descriptors.  Tr
                     "root or giving a smaller value to -f. ({})")
 READY = b"R"
 FAILED = b"E"
+#: systemd's readiness protocol (sd_notify(3)): the socket's path, and the states we send.
+NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
+SD_READY = b"READY=1"
+SD_STOPPING = b"STOPPING=1"
 
 
 class DaemonStartError(ConfigError):
@@ -103,6 +110,51 @@ class Notifier:
 
     def failed(self, message: str) -> None:
         self._send(FAILED + message.encode("utf-8", "replace"))
+
+
+class SystemdNotifier:
+    """sd_notify(3) without libsystemd, for ``Type=notify`` units: one datagram per state to
+    the AF_UNIX socket named by $NOTIFY_SOCKET (a leading '@' means the abstract namespace).
+    A no-op when the variable is unset or names something else (e.g. vsock)."""
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
+        env = os.environ if environ is None else environ
+        path = env.get(NOTIFY_SOCKET_ENV, "")
+        self.address: Optional[Union[str, bytes]] = None
+        self.sock: Optional[socket.socket] = None
+        self.stopping_sent = False
+        if path.startswith("@"):
+            self.address = b"\0" + os.fsencode(path[1:])
+        elif path.startswith("/"):
+            self.address = path
+        else:
+            return
+        try:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        except OSError:
+            self.address = None
+
+    def send(self, state: bytes) -> None:
+        if self.sock is None or self.address is None:
+            return
+        try:
+            self.sock.sendto(state, self.address)
+        except OSError:
+            pass    # systemd gone or not listening: the server runs on regardless
+
+    def ready(self) -> None:
+        self.send(SD_READY)
+
+    def stopping(self) -> None:
+        """STOPPING=1, once, when a stop (immediate or graceful) begins."""
+        if not self.stopping_sent:
+            self.stopping_sent = True
+            self.send(SD_STOPPING)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 def _wait_for_daemon(read_fd: int, child: int) -> None:

@@ -1,10 +1,11 @@
-"""Logging in gearmand's format: verbosity names, destinations, SIGHUP reopen, syslog.
+"""Logging in gearmand's format (or JSON lines): verbosity names, destinations, SIGHUP
+reopen, syslog.
 
 Configured once by app.py on the main thread at start-up; ``reopen()`` runs on the main
 thread (posted there by the SIGHUP handler).  Every other thread only calls
 ``logging.getLogger("gearmand")`` and its children.
 
-Line layout, as gearmand 1.1.20 writes it::
+Line layout, as C gearmand writes it (libgearman-server/log.cc)::
 
     %7s level, ' ', 'YYYY-MM-DD HH:MM:SS.uuuuuu', ' ', thread tag, ' ', message,
     then ' -> <file>:<line>' on every level except INFO, then LF.
@@ -12,10 +13,17 @@ Line layout, as gearmand 1.1.20 writes it::
 Microseconds print as 000000 unless the server runs at --verbose DEBUG (gearmand caches
 the clock once a second below DEBUG).  Thread tags: ``[  main ]``, ``[     N ]`` for I/O
 thread N, ``[  proc ]``.
+
+``--log-format json`` (an extension, for log shippers) writes one JSON object per line
+instead: ``time`` (ISO 8601, local time with offset, microseconds), ``level`` (gearmand's
+name), ``thread`` (``main``, ``1``.., ``proc``), ``message`` and ``fields`` (``pid``, and
+``source`` ``file:line`` on every level except INFO; ``exception`` with a traceback).
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import sys
@@ -57,6 +65,10 @@ for _name, _level in (("NOTICE", NOTICE), ("ALERT", ALERT), ("FATAL", FATAL)):
 
 #: The line written by SIGHUP after reopening, exactly as gearmand writes it (no timestamp).
 SIGHUP_LINE = " NOTICE SIGHUP, reopening log file\n"
+SIGHUP_MESSAGE = "SIGHUP, reopening log file"
+#: --log-format values: gearmand's text lines, or JSON lines.
+TEXT = "text"
+JSON = "json"
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,13 +116,37 @@ class GearmandFormatter(logging.Formatter):
         line = "%7s %s.%06d %s %s" % (name, stamp, micros, thread_tag(record.threadName or ""),
                                       record.getMessage())
         if record.levelno != logging.INFO:
-            path = record.pathname
-            if path.startswith(_PACKAGE_PARENT + os.sep):
-                path = path[len(_PACKAGE_PARENT) + 1:]
-            line += " -> %s:%d" % (path, record.lineno)
+            line += " -> " + source(record)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def source(record: logging.LogRecord) -> str:
+    """``file:line`` of a record, relative to the package's parent directory."""
+    path = record.pathname
+    if path.startswith(_PACKAGE_PARENT + os.sep):
+        path = path[len(_PACKAGE_PARENT) + 1:]
+    return "%s:%d" % (path, record.lineno)
+
+
+class JsonFormatter(logging.Formatter):
+    """--log-format json: one JSON object per line (see module docstring); never multi-line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.datetime.fromtimestamp(record.created).astimezone()
+        fields: Dict[str, object] = {"pid": record.process}
+        if record.levelno != logging.INFO:
+            fields["source"] = source(record)
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return json.dumps({
+            "time": stamp.isoformat(timespec="microseconds"),
+            "level": gearmand_level_name(record.levelno),
+            "thread": thread_tag(record.threadName or "")[1:-1].strip(),
+            "message": record.getMessage(),
+            "fields": fields,
+        }, ensure_ascii=False)
 
 
 class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -200,6 +236,8 @@ class LogConfig:
         self.file_handler: Optional[ReopenableFileHandler] = None
         self.handlers: List[logging.Handler] = []
         self.warning: Optional[str] = None
+        self.formatter: logging.Formatter = GearmandFormatter()
+        self.to_stderr = False            # lines go to stderr (lost once -d detaches)
 
     def fileno(self) -> Optional[int]:
         """The log file's descriptor (to keep open across daemonising), if any."""
@@ -209,7 +247,12 @@ class LogConfig:
         """SIGHUP: reopen the log file and write gearmand's NOTICE line (any verbosity)."""
         if self.file_handler is not None:
             self.file_handler.reopen()
-            self.file_handler.write_raw(SIGHUP_LINE)
+            if isinstance(self.formatter, JsonFormatter):
+                record = logging.LogRecord(LOGGER_NAME, NOTICE, __file__, 0, SIGHUP_MESSAGE,
+                                           None, None)
+                self.file_handler.write_raw(self.formatter.format(record) + "\n")
+            else:
+                self.file_handler.write_raw(SIGHUP_LINE)
 
     def before_daemon(self) -> None:
         """Close what cannot survive python-daemon's descriptor sweep (syslog's socket)."""
@@ -240,21 +283,27 @@ class LogConfig:
 
 
 def configure(log_file: str, verbose: str, use_syslog: bool = False,
-              stderr: Optional[IO[str]] = None) -> LogConfig:
+              stderr: Optional[IO[str]] = None, log_format: str = TEXT,
+              prog: str = "gearmand") -> LogConfig:
     """Install the handlers on the "gearmand" logger (main thread, once, at start-up).
 
     ``log_file`` is a path, ``stderr`` or ``none``.  If the path cannot be opened, gearmand's
-    message is printed on stderr and the log goes to stderr instead.
+    message (``<prog>: Could not open log file ...``) is printed on stderr and the log goes
+    to stderr instead.  ``log_format`` is TEXT or JSON.
     """
     err = stderr if stderr is not None else sys.stderr
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(LEVELS[verbose])
     logger.propagate = False
     config = LogConfig()
-    formatter = GearmandFormatter(precise=LEVELS[verbose] <= logging.DEBUG)
+    if log_format == JSON:
+        config.formatter = JsonFormatter()
+    else:
+        config.formatter = GearmandFormatter(precise=LEVELS[verbose] <= logging.DEBUG)
     handler: Optional[logging.Handler] = None
     if log_file == "stderr":
         handler = logging.StreamHandler(err)
+        config.to_stderr = True
     elif log_file != "none":
         try:
             config.file_handler = ReopenableFileHandler(log_file)
@@ -262,11 +311,12 @@ def configure(log_file: str, verbose: str, use_syslog: bool = False,
         except OSError as exc:
             config.warning = ('Could not open log file "%s", from "%s", switching to stderr. (%s)'
                               % (log_file, _cwd(), exc.strerror))
-            err.write(config.warning + "\n")
+            err.write(f"{prog}: {config.warning}\n")
             err.flush()
             handler = logging.StreamHandler(err)
+            config.to_stderr = True
     if handler is not None:
-        handler.setFormatter(formatter)
+        handler.setFormatter(config.formatter)
         config.handlers.append(handler)
     if use_syslog:
         config.handlers.append(SyslogHandler())

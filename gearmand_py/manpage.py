@@ -29,7 +29,9 @@ FILES = [
     ("/var/gearmand.pid", "Default pid file (-P); a failure to write it is ignored only for "
      "this default path."),
     ("/etc/default/gearman-job-server", "PARAMS and paths for the init script and the "
-     "systemd unit (conf/gearman-job-server.default)."),
+     "Type=forking systemd drop-in, FOREGROUND_PARAMS for the Type=notify systemd unit "
+     "(conf/gearman-job-server.default)."),
+    ("/var/log/gearmand.log", "Log file of -d when -l is not given."),
     ("/etc/init.d/gearman-job-server", "LSB init script: start, stop, restart, reload "
      "(SIGHUP), force-reload, status, graceful-stop (SIGUSR1), configtest (--check-args)."),
     ("/run/gearman/gearmand.pid", "Pid file used by the init script and the systemd unit."),
@@ -39,7 +41,10 @@ DIFFERENCES = [
     "Without -f the soft limit on open files is raised to the hard limit (the help text's "
     "\"Default is max allowed for user\"; C 1.1.20 leaves it unchanged).",
     "Without -l the log goes to stderr (C gearmand's Debian build writes "
-    "/var/log/gearmand.log); -l /var/log/gearmand.log restores that.",
+    "/var/log/gearmand.log); -l /var/log/gearmand.log restores that. With -d and without "
+    "-l it is /var/log/gearmand.log, and the terminal is told so before detaching.",
+    "Under systemd (Type=notify, in the foreground) the server sends READY=1 to "
+    "$NOTIFY_SOCKET once it is ready and STOPPING=1 when a stop begins.",
     "-t 0 means one thread that accepts, does I/O and processes (no CPU-count guess).",
     "-v LEVEL is --verbose LEVEL; a bare -v, -vv, ... raises the level by one per v from "
     "ERROR.",
@@ -56,7 +61,7 @@ DIFFERENCES = [
     "--ssl turns on TLS for the Gear port with the certificate, key and CA file options "
     "(Debian's C build accepts them and stays plaintext); clients are not asked for "
     "certificates, as in gearmand.",
-    "--max-packet-size is an extension.",
+    "--max-packet-size and --log-format are extensions.",
 ]
 
 
@@ -149,7 +154,10 @@ def render() -> str:
             "thread ([  main ], [     N ] for I/O thread N, [  proc ]), the message, and "
             "\" -> file:line\" on every level except INFO. A line is written when its level "
             "is at or above --verbose. With --syslog every line also goes to syslog "
-            "(ident gearmand, facility user)."),
+            "(ident gearmand, facility user). --log-format json writes one JSON object per "
+            "line instead, with the keys time (ISO 8601, local time with offset), level, "
+            "thread (main, N, proc), message and fields (pid; source file:line on every "
+            "level except INFO; exception)."),
         ".SH FILES",
     ]
     for name, text in FILES:
@@ -171,7 +179,12 @@ def render() -> str:
         ".BR gearman (1),",
         ".BR gearadmin (1),",
         ".BR gearmand\\-bench (1),",
-        ".BR logrotate (8)",
+        ".BR gearmand\\-launcher (8),",
+        ".BR logrotate (8),",
+        ".BR systemd.exec (5)",
+        ".PP",
+        esc("Debian's Perl package gearman-server installs gearmand(1p), a different "
+            "program that plain \"man gearmand\" may open: use \"man 8 gearmand\"."),
     ]
     return "\n".join(lines) + "\n"
 

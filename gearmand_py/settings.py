@@ -29,6 +29,8 @@ DEFAULT_CONFIG_FILE = "/etc/gearmand.conf"
 #: logs to stderr so a bare `gearmand` shows its log (systemd captures it in the journal).
 #: Debian's init script and unit always pass --log-file, so they are unaffected.
 DEFAULT_LOG_FILE = "stderr"
+#: Where logs go with -d and without -l (stderr is /dev/null once detached): C's default.
+DAEMON_LOG_FILE = "/var/log/gearmand.log"
 DEFAULT_PID_FILE = "/var/gearmand.pid"
 DEFAULT_SSL_CA = "/etc/ssl/certs/gearmand-ca.pem"
 DEFAULT_SSL_CERT = "/etc/ssl/certs/gearmand.pem"
@@ -43,6 +45,7 @@ MAX_THREADS = 1024
 #: A job handle prefix this long makes gearmand refuse to start.
 MAX_HANDLE_PREFIX = 63
 PORT_ENV = "GEARMAND_PORT"
+LOG_FORMATS = ("text", "json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Settings:
     hashtable_buckets: int = 991
     verbose: str = "ERROR"
     log_file: str = "stderr"
+    log_file_is_default: bool = True      # -d without -l writes DAEMON_LOG_FILE (app.py)
+    log_format: str = "text"              # --log-format: LOG_FORMATS
     syslog: bool = False
     queue_type: str = "builtin"
     protocol: Optional[str] = None
@@ -203,6 +208,9 @@ OPTIONS: List[Option] = [
        "Log file to write errors and information to. If the log-file parameter is specified "
        "as 'stderr', then output will go to stderr. If 'none', then no logfile will be "
        "generated."),
+    _o("log-format", None, "str", "text",
+       "Log line format: 'text' (gearmand's) or 'json' (one JSON object per line with time, "
+       "level, thread, message and fields). (gearmand-py extension)", extension=True),
     _o("listen", "L", "str", None,
        "Address the server should listen on. Default is INADDR_ANY. Every address the name "
        "resolves to is bound (IPv6 included)."),
@@ -540,6 +548,9 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
         except KeyError:
             raise ConfigError(f"Could not find user : {user}") from None
     log_file = str(v["log-file"])
+    if v["log-format"] not in LOG_FORMATS:
+        raise ConfigError(f"the argument ('{v['log-format']}') for option '--log-format' is "
+                          "invalid")
     pid_file = v["pid-file"]
     queue_options = tuple((o.name, v[o.name]) for o in OPTIONS
                           if o.queue and v.get(o.name) is not None)
@@ -552,7 +563,8 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
         listen=(str(v["listen"]),) if v["listen"] is not None else (),
         job_retries=_job_retries(int(v["job-retries"])),  # type: ignore[call-overload]
         worker_wakeup=int(v["worker-wakeup"]) & 0xFF,  # type: ignore[call-overload]
-        log_file=log_file, pid_file=str(pid_file) if pid_file else None,
+        log_file=log_file, log_file_is_default="log-file" not in opts.explicit,
+        pid_file=str(pid_file) if pid_file else None,
         pid_file_is_default="pid-file" not in opts.explicit,
         compat=mode, priority_scope=scope or compat.MODES[mode].priority_scope,
         daemon=bool(v["daemon"]),

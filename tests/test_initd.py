@@ -1,6 +1,7 @@
 """conf/: the LSB init script driven through configtest/start/status/reload/graceful-stop/
-restart/stop with temporary paths; the defaults file, example config, systemd unit and
-logrotate snippet checked for what they promise (issue 4)."""
+restart/stop with temporary paths, and its one-line error when the gearman user is missing;
+the defaults file, example config and logrotate snippet checked for what they promise
+(issue 4).  The systemd unit and sysusers file: test_packaging.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Dict, Iterator, Optional
+from typing import Iterator, Optional
 
 import pytest
 
@@ -176,6 +177,20 @@ def test_debian_params_line_is_valid(service: Service) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_missing_user_is_one_line_and_exit_6(service: Service) -> None:
+    service.user = "gearmand-py-no-such-user"
+    service.write_defaults(f"--listen=127.0.0.1 --port={service.port} --daemon "
+                           f"--log-file={service.log}")
+    for action in ("start", "configtest", "restart"):
+        result = service(action)
+        assert result.returncode == 6, (action, result)
+        assert result.stderr.count("\n") == 1, (action, result.stderr)
+        assert ("user 'gearmand-py-no-such-user' does not exist; create it with: adduser "
+                "--system --group --no-create-home --home /nonexistent "
+                "gearmand-py-no-such-user") in result.stderr
+    assert not os.path.exists(service.pid_file) and not service.serving()
+
+
 def test_usage(service: Service) -> None:
     result = service("bogus")
     assert result.returncode == 3
@@ -205,20 +220,8 @@ def test_example_config_file_is_valid() -> None:
     shutil.rmtree(os.path.dirname(enabled))
 
 
-def test_systemd_unit_and_logrotate() -> None:
-    unit = read_text(os.path.join(CONF, "gearman-job-server.service"))
-    fields: Dict[str, str] = {}
-    for line in unit.splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            fields.setdefault(key, value)
-    assert fields["Type"] == "forking"
-    assert fields["PIDFile"] == "/run/gearman/gearmand.pid"
-    assert "--pid-file=/run/gearman/gearmand.pid $PARAMS" in fields["ExecStart"]
-    assert fields["EnvironmentFile"] == "-/etc/default/gearman-job-server"
-    if shutil.which("systemd-analyze"):
-        subprocess.run(["systemd-analyze", "verify", os.path.join(
-            CONF, "gearman-job-server.service")], capture_output=True, timeout=30)
+def test_logrotate_snippet() -> None:
+    # the systemd unit, its drop-in and the sysusers file: tests/test_packaging.py
     rotate = read_text(os.path.join(CONF, "gearman-job-server.logrotate"))
     assert "kill -HUP" in rotate and "/run/gearman/gearmand.pid" in rotate
     if shutil.which("logrotate"):

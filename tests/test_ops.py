@@ -1,9 +1,11 @@
 """Running as a service (issue 4): daemon, pid file, log file and SIGHUP rotation, signals,
--u after binding, -f, keepalive, log format.  Real subprocesses; every wait is bounded."""
+-u after binding, -f, keepalive, log format (text and --log-format json), -d without -l,
+systemd's sd_notify.  Real subprocesses; every wait is bounded."""
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import pwd
 import re
@@ -23,7 +25,7 @@ from support import (C_GEARMAND, free_low_port, pid_alive, py_gearmand_cmd, read
                      require, server_env)
 
 LISTEN_RE = re.compile(r"Listening on 127\.0\.0\.1:(\d+) \(\d+\)")
-#: gearmand's log line layout
+#: gearmand's line layout (C gearmand's libgearman-server/log.cc)
 LINE_RE = re.compile(r"^ *(FATAL|ALERT|CRITICAL|ERROR|WARNING|NOTICE|INFO|DEBUG) "
                      r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.(\d{6}) \[ *(main|proc|\d+) \] (.*)$")
 IS_ROOT = os.geteuid() == 0
@@ -543,11 +545,12 @@ def test_log_file_fallback_message_like_gearmand(tmp_path) -> None:  # type: ign
 
     ours = first_line(cmd() + ["-p", "0", "-L", "127.0.0.1", "-l", bad, "-P",
                                os.path.join(cwd, "p")])
-    assert ours == expected
+    prog = cmd()[0] if len(cmd()) == 1 else "gearmand"     # argv[0], as every error has
+    assert ours == f"{prog}: {expected}"
     require(C_GEARMAND, "differential")
     theirs = first_line([C_GEARMAND, "-p", str(free_low_port()), "-L", "127.0.0.1", "-l", bad,
                          "-P", os.path.join(cwd, "c.pid")])
-    assert theirs.split(": ", 1)[-1] == expected
+    assert theirs == f"{C_GEARMAND}: {expected}"
 
 
 def test_log_to_stderr_and_none(tmp_path) -> None:  # type: ignore
@@ -607,3 +610,116 @@ def test_bare_v_sets_the_log_level(tmp_path, flags, listening) -> None:  # type:
         proc.terminate()
         assert proc.wait(10) == 0
     assert ("Listening on 127.0.0.1:%d " % port in read_text(log)) == listening
+
+
+# ---- -d without -l, --log-format json, sd_notify ------------------------------------------
+
+DAEMON_LOG = "/var/log/gearmand.log"
+
+
+def test_daemon_without_log_file_warns_and_logs_to_var_log(tmp_path) -> None:  # type: ignore
+    if not IS_ROOT:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root; /var/log/gearmand.log needs root")
+        pytest.skip("needs root to write /var/log/gearmand.log")
+    pid_file = os.path.join(str(tmp_path), "gearmand.pid")
+    launched = subprocess.run(cmd() + ["-d", "-p", "0", "-L", "127.0.0.1", "-P", pid_file,
+                                       "--verbose", "INFO"], capture_output=True, text=True,
+                              timeout=30, env=server_env(), stdin=subprocess.DEVNULL)
+    assert launched.returncode == 0, launched.stderr
+    assert launched.stderr.endswith(
+        f": --daemon without --log-file: logging to {DAEMON_LOG}\n"), launched.stderr
+    assert len(launched.stderr.splitlines()) == 1
+    pid = int(read_text(pid_file))
+    try:
+        assert f"Starting up with pid {pid}, " in read_text(DAEMON_LOG)
+    finally:
+        assert stop_pid(pid)
+
+
+def test_daemon_logging_to_stderr_is_warned_about(tmp_path) -> None:  # type: ignore
+    pid_file = os.path.join(str(tmp_path), "gearmand.pid")
+    launched = subprocess.run(cmd() + ["-d", "-p", "0", "-L", "127.0.0.1", "-P", pid_file,
+                                       "-l", "stderr"], capture_output=True, text=True,
+                              timeout=30, env=server_env(), stdin=subprocess.DEVNULL)
+    assert launched.returncode == 0, launched.stderr
+    pid = int(read_text(pid_file))
+    assert stop_pid(pid)
+    assert launched.stderr.endswith(": the log goes to stderr, which is /dev/null once "
+                                    "--daemon detaches: give --log-file=PATH or --syslog\n")
+    quiet = launch_daemon(str(tmp_path))          # with -l PATH: nothing on the terminal
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    assert stop_pid(int(read_text(pid_file)))
+
+
+JSON_KEYS = {"time", "level", "thread", "message", "fields"}
+
+
+def test_log_format_json_every_line_is_an_object(tmp_path, own_servers) -> None:  # type: ignore
+    p = Proc(str(tmp_path), ["--log-format", "json"], verbose="DEBUG", port_arg="0")
+    own_servers.append(p)
+    assert version_ok(p.port)
+    os.rename(p.log, p.log + ".1")
+    p.signal(signal.SIGHUP)
+    assert wait_for(lambda: "SIGHUP" in read_text(p.log), 10)
+    assert version_ok(p.port)
+    p.signal(signal.SIGTERM)
+    assert p.wait(10) == 0
+    lines = (read_text(p.log + ".1") + read_text(p.log)).splitlines()
+    records = [json.loads(line) for line in lines]       # every line parses on its own
+    assert len(records) > 5
+    for rec in records:
+        assert set(rec) == JSON_KEYS, rec
+        assert rec["level"] in ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE",
+                                "INFO", "DEBUG")
+        assert re.fullmatch(r"main|proc|\d+", rec["thread"]), rec
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d",
+                            rec["time"]), rec
+        assert rec["fields"]["pid"] == p.proc.pid
+        assert ("source" in rec["fields"]) == (rec["level"] != "INFO"), rec
+    messages = [r["message"] for r in records]
+    assert any(m.startswith(f"Listening on 127.0.0.1:{p.port} ") for m in messages)
+    sighup = [r for r in records if r["message"] == "SIGHUP, reopening log file"]
+    assert [r["level"] for r in sighup] == ["NOTICE"]
+    assert messages[-1] == "Shutdown complete"
+
+
+def test_log_format_rejects_unknown_values() -> None:
+    run = subprocess.run(cmd() + ["--check-args", "--log-format", "xml"], capture_output=True,
+                         text=True, timeout=30, env=server_env())
+    assert run.returncode == 1
+    assert run.stderr.endswith(": the argument ('xml') for option '--log-format' is invalid\n")
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_sd_notify_ready_and_stopping(tmp_path, abstract) -> None:  # type: ignore
+    """Type=notify: READY=1 once the port answers, STOPPING=1 when a stop begins."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = f"gearmand-py-test-{os.getpid()}-{time.monotonic_ns()}"
+        sock.bind("\0" + name)
+        notify = "@" + name
+    else:
+        notify = os.path.join(str(tmp_path), "notify")
+        sock.bind(notify)
+    sock.settimeout(20)
+    port = free_low_port()
+    e = server_env()
+    e["NOTIFY_SOCKET"] = notify
+    proc = subprocess.Popen(cmd() + ["-p", str(port), "-L", "127.0.0.1", "-l", "none", "-P",
+                                     os.path.join(str(tmp_path), "p")], env=e,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert sock.recv(4096) == b"READY=1"
+        assert version_ok(port)                 # ready means serving
+        proc.send_signal(signal.SIGUSR1)        # graceful stop (no jobs: exits at once)
+        assert sock.recv(4096) == b"STOPPING=1"
+        assert proc.wait(10) == 0
+        sock.settimeout(0.5)
+        with pytest.raises(socket.timeout):     # STOPPING=1 is sent once
+            sock.recv(4096)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        sock.close()
