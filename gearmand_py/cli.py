@@ -63,10 +63,8 @@ def help_text() -> str:
             lines.extend(" " * HELP_COLUMN + w for w in wrapped)
         lines.append("")
     lines.append("Compatibility modes (--compat):")
-    width = max(len(row[0]) for row in compat.TABLE) + 2
-    lines.append("  " + "behaviour".ljust(width) + "1.1 | 2.0")
     for what, old, new in compat.TABLE:
-        lines.append("  " + what.ljust(width) + f"{old} | {new}")
+        lines += [f"  {what}", f"      1.1: {old}", f"      2.0: {new}"]
     lines.append("")
     return "\n".join(lines) + "\n"
 
