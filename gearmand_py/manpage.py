@@ -61,6 +61,14 @@ DIFFERENCES = [
     "--ssl turns on TLS for the Gear port with the certificate, key and CA file options "
     "(Debian's C build accepts them and stays plaintext); clients are not asked for "
     "certificates, as in gearmand.",
+    "--ssl-handshake-timeout closes a TLS peer that has not finished its handshake in time.",
+    "HTTP requests are parsed by h11: an HTTP/1.1 request gets an HTTP/1.1 keep-alive "
+    "response (HTTP/1.0 requests get C 1.1.20's bytes), chunked bodies and "
+    "Expect: 100-continue work, ambiguous framing gets 400.",
+    "Output waiting for a client that does not read is bounded: past 4 MiB the workers "
+    "feeding it are paused; --client-stall-timeout closes a client stuck longer.",
+    "--compat=2.0 and --priority-scope select gearmand 2.0.0's scheduling (see "
+    "COMPATIBILITY MODES); --job-retries=-1 means no limit.",
     "--max-packet-size and --log-format are extensions.",
 ]
 
