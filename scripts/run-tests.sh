@@ -14,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 APT_PACKAGES=(
   python3 python3-venv                      # Debian's Python: .venv, the packaging tests
-  python3-click python3-daemon python3-setuptools python3-wheel   # apt-only install test
+  python3-click python3-daemon python3-h11 python3-setuptools python3-wheel  # apt-only test
   gearman-tools gearman-job-server          # gearman/gearadmin CLIs, C gearmand (the oracle)
   php-cli php-gearman                       # PHP client/worker tests
   libgearman-client-perl libjson-pp-perl    # Perl Gearman::Client tests

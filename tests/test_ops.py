@@ -21,8 +21,8 @@ import pytest
 
 
 from gearproto import Conn, submit, wait_for
-from support import (C_GEARMAND, free_low_port, pid_alive, py_gearmand_cmd, read_text,
-                     require, server_env)
+from support import (C_GEARMAND, free_low_port, listening_ports, pid_alive, py_gearmand_cmd,
+                     read_text, require, server_env)
 
 LISTEN_RE = re.compile(r"Listening on 127\.0\.0\.1:(\d+) \(\d+\)")
 #: gearmand's line layout (C gearmand's libgearman-server/log.cc)
@@ -560,7 +560,8 @@ def test_log_to_stderr_and_none(tmp_path) -> None:  # type: ignore
                                          os.path.join(str(tmp_path), "p")],
                                 cwd=str(tmp_path), env=server_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
+        # signal handlers are in place once it listens (a busy machine may take seconds)
+        assert wait_for(lambda p=proc: bool(listening_ports(p.pid)), 30)  # type: ignore
         proc.terminate()
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0

@@ -200,17 +200,17 @@ def test_wheel_installs_and_runs_in_a_debian_python_venv(dists: Tuple[str, str],
 
 def test_apt_only_install_uses_debian_packages(source: str, tmp_path: object) -> None:
     """docs/operations.md's apt-only variant: Debian's python3-click, python3-daemon,
-    python3-setuptools and python3-wheel, a --system-site-packages venv, nothing from PyPI
-    (--no-index)."""
+    python3-h11, python3-setuptools and python3-wheel, a --system-site-packages venv,
+    nothing from PyPI (--no-index)."""
     _require_debian_venv()
     env = _clean_env("/usr/bin:/bin")
-    probe = subprocess.run([DEBIAN_PYTHON, "-c", "import click, daemon, setuptools, wheel"],
+    probe = subprocess.run([DEBIAN_PYTHON, "-c", "import click, daemon, h11, setuptools, wheel"],
                            capture_output=True, text=True, timeout=30, env=env, cwd="/")
     if probe.returncode != 0:
         if IN_CI:
-            pytest.fail("python3-click/-daemon/-setuptools/-wheel missing in CI: "
+            pytest.fail("python3-click/-daemon/-h11/-setuptools/-wheel missing in CI: "
                         + probe.stderr)
-        pytest.skip("Debian's python3-click/-daemon/-setuptools/-wheel not installed")
+        pytest.skip("Debian's python3-click/-daemon/-h11/-setuptools/-wheel not installed")
     venv = os.path.join(str(tmp_path), "venv")
     subprocess.run([DEBIAN_PYTHON, "-m", "venv", "--system-site-packages", venv], check=True,
                    timeout=120, env=env)
@@ -219,9 +219,10 @@ def test_apt_only_install_uses_debian_packages(source: str, tmp_path: object) ->
                          text=True, timeout=PIP_TIMEOUT, env=env, cwd=str(tmp_path))
     assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
     where = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
-                            "import click, daemon; print(click.__file__, daemon.__file__)"],
+                            "import click, daemon, h11; "
+                            "print(click.__file__, daemon.__file__, h11.__file__)"],
                            capture_output=True, text=True, timeout=30, env=env, cwd="/")
-    assert where.stdout.count("/usr/lib/python3/dist-packages/") == 2, where
+    assert where.stdout.count("/usr/lib/python3/dist-packages/") == 3, where
     _start_and_echo([os.path.join(venv, "bin", "gearmand")], env, str(tmp_path))
 
 
