@@ -46,11 +46,6 @@ BG_DONE = b"obgd"          # background jobs completed before the outage
 MODES = ("cut", "stall")
 
 
-def _threads(name: str, mode: str) -> str:
-    """Alternate -t 0 and -t 2 over the matrix (each backend and mode sees both)."""
-    return "0" if (NETWORK.index(name) + MODES.index(mode)) % 2 == 0 else "2"
-
-
 class Latencies:
     """(start, seconds, what) samples from several threads."""
 
@@ -273,23 +268,28 @@ def log_lines(srv: Server, word: str) -> List[str]:
     return [line for line in srv.log().splitlines() if word in line]
 
 
+#: (backend, mode, -t): each backend is cut and stalled; -t 0 and -t 2 alternate.
+CASES = [(name, mode, "0" if (i + j) % 2 == 0 else "2")
+         for i, name in enumerate(NETWORK) for j, mode in enumerate(MODES)]
+
+
 @pytest.fixture
 def proxied(request: pytest.FixtureRequest, tmp_path: "os.PathLike[str]"
             ) -> Iterator[Tuple[Store, TcpProxy]]:
-    name = request.param
-    store = store_for(name, request, tmp_path)
+    """A fresh store of the test's backend and a proxy in front of its service."""
+    store = store_for(request.node.callspec.params["name"], request, tmp_path)
     assert store.service is not None
     with TcpProxy(store.service) as proxy:
         yield store, proxy
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("proxied", NETWORK, indirect=True)
+@pytest.mark.parametrize("name,mode,threads", CASES,
+                         ids=[f"{n}-{m}-t{t}" for n, m, t in CASES])
 def test_store_outage(server_factory: Callable[..., Server],
-                      proxied: Tuple[Store, TcpProxy], mode: str) -> None:
+                      proxied: Tuple[Store, TcpProxy], name: str, mode: str,
+                      threads: str) -> None:
     store, proxy = proxied
-    name = store.name
-    extra = ("-t", _threads(name, mode), "--queue-timeout", str(QUEUE_TIMEOUT))
+    extra = ("-t", threads, "--queue-timeout", str(QUEUE_TIMEOUT))
     srv = start_server(server_factory, store, *extra, port=proxy.port)
     port = srv.port
 
