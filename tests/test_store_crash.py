@@ -221,3 +221,26 @@ def test_sigkill_after_last_ack(server_factory: Callable[..., Server],
     leftover = store.stored()
     assert leftover == {}, f"{len(leftover)} rows left after every job completed"
 
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_job_created_in_request_order(server_factory: Callable[..., Server],
+                                      request: pytest.FixtureRequest,
+                                      tmp_path: "os.PathLike[str]", name: str) -> None:
+    """A pipelining client matches JOB_CREATED to its submits by order (the protocol has
+    no request ids), so a duplicate of a stored job is answered after the new jobs sent
+    before it, even though it needs no store write."""
+    store = store_for(name, request, tmp_path)
+    srv = start_server(server_factory, store, "-t", "2")
+    with Conn(srv.port, 30) as c:
+        c.send("SUBMIT_JOB_BG", F1, b"y", b"d")
+        old = c.expect("JOB_CREATED").args[0]
+        reqs = [("SUBMIT_JOB_BG", F1, b"x%d" % i, b"d") for i in range(20)]
+        reqs.insert(10, ("SUBMIT_JOB_BG", F1, b"y", b"d"))
+        reqs.append(("SUBMIT_JOB", F2, b"fg", b"d"))
+        c.send_raw(b"".join(pack(*r) for r in reqs))
+        handles = [c.expect("JOB_CREATED").args[0] for _ in reqs]
+    assert handles.index(old) == 10, f"the duplicate answered at {handles.index(old)} of " \
+        f"{len(handles)}: {handles[:3]}..."
+    fresh = handles[:10] + handles[11:]
+    assert len(set(fresh)) == len(fresh) and old not in fresh, handles

@@ -28,7 +28,7 @@ from collections import Counter
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from gearproto import Closed, Conn, status
+from gearproto import Closed, Conn, status, wait_for
 from storeutil import NETWORK, Store, drain, start_server, store_for, wait_gone
 from support import Server
 from tcpproxy import TcpProxy
@@ -381,10 +381,13 @@ def test_store_outage(server_factory: Callable[..., Server],
     acked.update({s.unique: s for s in during + after if s.acked})
 
     # -- one line on loss, one on recovery --------------------------------------------
-    assert_wait(lambda: len(log_lines(srv, "restored")) >= 1, 3,
-                "no 'restored' line in the log")
+    wait_for(lambda: len(log_lines(srv, "restored")) >= 1, 3)
     lost, restored = log_lines(srv, "lost"), log_lines(srv, "restored")
-    assert len(lost) == 1 and len(restored) == 1, (lost[:5], restored[:5])
+    notable = [line for line in srv.log().splitlines()
+               if "accepted," not in line and line.startswith((" ERROR", "WARNING", "  ERROR"))]
+    assert len(lost) == 1 and len(restored) == 1, \
+        f"{len(lost)} 'lost' and {len(restored)} 'restored' lines: {lost[:3]} {restored[:3]}; " \
+        f"errors and warnings: {notable[-8:]}"
 
     # -- crash and replay: every acknowledged, unfinished job once ---------------------
     srv.stop(signal.SIGKILL)
