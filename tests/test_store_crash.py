@@ -62,7 +62,8 @@ class Expect:
         with self.lock:
             if unique in self.handles and unique in self.live:
                 assert self.handles[unique] == handle, \
-                    f"duplicate {unique!r} got {handle!r}, first {self.handles[unique]!r}"
+                    f"duplicate {unique!r} got {handle!r}, first {self.handles[unique]!r} " \
+                    "(or JOB_CREATED out of request order: test_job_created_in_request_order)"
             self.handles[unique] = handle
             if cmd in BG_CMDS:
                 self.live.setdefault(unique, (fn, BG_CMDS[cmd], data))
