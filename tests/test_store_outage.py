@@ -15,7 +15,9 @@ Each network backend is reached through a :class:`tcpproxy.TcpProxy` that the te
 * then SIGKILL and a restart on the same storage: a worker receives every acknowledged,
   unfinished job exactly once, and replay has finished before the first client is served.
 
-Every job has its own unique key, so what was acknowledged is known by unique.
+Every job has its own unique key, so what was acknowledged is known by unique.  A job
+refused by timeout is in doubt: its write may still commit when the store comes back (the
+stalled bytes are delivered), so it may replay too, at most once; nothing else may.
 """
 
 from __future__ import annotations
