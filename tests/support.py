@@ -91,6 +91,16 @@ def free_low_port() -> int:
     return free_port()
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes the connection."""
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
 def server_env(**extra: str) -> Dict[str, str]:
     """Environment for a server or tool the tests run: this checkout first on PYTHONPATH,
     no GEARMAND_PORT from the caller, sbin on PATH (start-stop-daemon, C gearmand)."""

@@ -23,7 +23,7 @@ import pytest
 
 from gearmand_py.settings import build_settings, parse
 from gearproto import Conn, admin, wait_for
-from support import Server, free_low_port, only_ours, require, sync
+from support import Server, free_low_port, only_ours, read_until_closed, require, sync
 
 MIX: List[Tuple[str, str]] = [("A", "LOW"), ("B", "NORMAL"), ("C", "HIGH"), ("A", "NORMAL"),
                               ("C", "LOW"), ("A", "HIGH")]
@@ -132,12 +132,7 @@ def test_version_answers_per_mode(server_factory: Callable[..., Server]) -> None
 def _http(port: int, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(request)
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return data
-            data += chunk
+        return read_until_closed(s)
 
 
 def test_http11_reply_per_mode(server_factory: Callable[..., Server]) -> None:

@@ -11,18 +11,13 @@ from typing import Callable, Iterator, List, Tuple
 import pytest
 
 from gearproto import Conn, admin, wait_for
-from support import Server, free_low_port, require
+from support import Server, free_low_port, read_until_closed, require
 
 
 def http(port: int, request: bytes, timeout: float = 10.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
+        return read_until_closed(s)
 
 
 @contextlib.contextmanager
@@ -180,12 +175,7 @@ def test_expect_100_continue(http_server: Tuple[Server, int]) -> None:
                   b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
         assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(b"hello")
-        rest = b""
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            rest += data
+        rest = read_until_closed(s)
     status, _, body = headers_body(rest)
     assert status == b"HTTP/1.1 200 OK" and body == b"olleh"
 
@@ -219,11 +209,6 @@ def test_pipelined_requests_answered_in_order(http_server: Tuple[Server, int]) -
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\n"
                   b"Content-Length: 2\r\nConnection: close\r\n\r\nhi")
-        raw = b""
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            raw += data
+        raw = read_until_closed(s)
     assert raw.count(b"HTTP/1.1 404 NOT_FOUND\r\n") == 2
     assert raw.endswith(b"\r\n\r\n")
