@@ -89,8 +89,8 @@ EV_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLR
 class Connection:
     """A socket as its I/O thread sees it (the engine's view of the peer is state.Peer)."""
 
-    __slots__ = ("id", "sock", "fd", "addr", "codec", "wq", "wlen", "close_after", "events",
-                 "tls", "handshaking", "congested_at", "paused")
+    __slots__ = ("id", "sock", "fd", "addr", "codec", "passthrough", "wq", "wlen",
+                 "close_after", "events", "tls", "handshaking", "congested_at", "paused")
 
     def __init__(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int],
                  codec: "Codec") -> None:
@@ -99,6 +99,7 @@ class Connection:
         self.fd = sock.fileno()
         self.addr = addr
         self.codec = codec
+        self.passthrough = codec.passthrough   # replies as packed, no interim bytes
         self.tls = isinstance(sock, ssl.SSLSocket)
         self.handshaking = self.tls
         self.wq: List[Buffer] = []     # output the socket has not taken yet
@@ -229,9 +230,15 @@ class IOLoop:
         if not data:
             self._drop(conn)
             return
-        self._feed(conn, data)
+        if conn.passthrough:                    # the Gear port: the hot path
+            events = conn.codec.feed(data)
+            if events:
+                self._round.append((conn.id, events))
+        else:
+            self._feed(conn, data)
 
     def _feed(self, conn: Connection, data: bytes) -> None:
+        """Feed a codec that may have bytes due before any reply (``interim``)."""
         codec = conn.codec
         events = codec.feed(data)
         if events:
@@ -326,14 +333,17 @@ class IOLoop:
             if conn is None:
                 continue
             if packet.__class__ is bytes:
+                if conn.passthrough:            # the Gear port: the packet as packed
+                    pending = dirty.get(conn)
+                    if pending is None:
+                        dirty[conn] = [packet]
+                    else:
+                        pending.append(packet)
+                    continue
                 codec = conn.codec
                 data = codec.respond(packet)
                 if data is not None:
-                    pending = dirty.get(conn)
-                    if pending is None:
-                        dirty[conn] = [data]
-                    else:
-                        pending.append(data)
+                    dirty.setdefault(conn, []).append(data)
                 if codec.backlog:
                     self._feed(conn, b"")
                 if not codec.closing:

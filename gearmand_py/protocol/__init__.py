@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
     class Codec(Protocol):
         """One connection's sans-IO codec; owned by the I/O thread that owns the socket."""
 
+        #: True when replies go out exactly as packed and ``interim``/``backlog``/``closing``
+        #: never change (the I/O thread then skips them on its hot path).
+        passthrough: bool
         #: Set once the codec wants its connection closed after the replies queued so far.
         closing: bool
         #: Bytes to send before any reply (e.g. HTTP's "100 Continue"); the I/O thread

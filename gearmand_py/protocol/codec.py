@@ -66,8 +66,10 @@ class Decoder:
 
     __slots__ = ("_chunks", "_have", "_need", "max_packet", "failed")
 
-    #: The Gear port never closes a connection because of a reply it sends, never has
-    #: bytes due before a reply, and parses everything it is fed at once.
+    #: The Gear port sends replies as the processor packed them (``respond`` is the
+    #: identity, so the I/O thread skips it), never closes a connection because of a reply,
+    #: never has bytes due before a reply, and parses everything it is fed at once.
+    passthrough = True
     closing = False
     interim = b""
     backlog = False

@@ -78,8 +78,9 @@ class HttpSession:
     __slots__ = ("max_body", "server", "http11_close", "_h11", "_request", "_body", "_size",
                  "_busy", "method", "handle", "chunks", "closing", "interim", "backlog")
 
-    #: Requests are read with the I/O thread's usual read size.
+    #: Requests are read with the I/O thread's usual read size; replies are rewritten.
     missing = 0
+    passthrough = False
 
     def __init__(self, max_body: int, server: bytes = SERVER,
                  http11_close: bool = False) -> None:
