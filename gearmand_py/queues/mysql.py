@@ -78,6 +78,8 @@ ER_DUP_ENTRY = 1062
 #: MySQL client errors meaning the connection is gone (CR_SERVER_GONE_ERROR, CR_SERVER_LOST,
 #: CR_SERVER_LOST_EXTENDED) or was never there (0).
 LOST_CONNECTION_CODES = (0, 2006, 2013, 2055)
+#: What PyMySQL's message says when a read or write hit its timeout.
+TIMED_OUT = "timed out"
 
 
 def quote_ident(name: str) -> str:
@@ -170,6 +172,10 @@ class MysqlQueue(DbApiQueue):
         return (self._my.OperationalError, self._my.InterfaceError)
 
     def _is_lost(self, exc: BaseException) -> bool:
+        """A dropped connection is worth one immediate retry; a timed-out one is not (the
+        server is hung: the caller reports it, and retries later itself)."""
+        if TIMED_OUT in str(exc):
+            return False
         code = exc.args[0] if exc.args else 0
         return code in LOST_CONNECTION_CODES or isinstance(exc, self._my.InterfaceError)
 
