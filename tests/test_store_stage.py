@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import sqlite3
 import time
 from typing import Any, Dict, List, Tuple
@@ -19,11 +20,12 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from gearmand_py.engine import Engine, EngineOptions
-from gearmand_py.messages import STORE
+from gearmand_py.messages import STOP, STORE, STORED
 from gearmand_py.processor import Processor
 from gearmand_py.protocol.codec import Decoder
+from gearmand_py.queues.base import NORMAL, StoredJob
 from gearmand_py.queues.sqlite import SqliteQueue
-from gearmand_py.store import StoreStage
+from gearmand_py.store import StoreStage, StoreThread
 from gearproto import pack
 from test_engine_inprocess import Harness
 
@@ -216,3 +218,34 @@ def test_builtin_queue_posts_nothing() -> None:
     h.req(c, "SUBMIT_JOB_BG", "f", "u", b"")
     assert h.replies()[c][0].name == "JOB_CREATED"
     assert h.engine.unit is None and not h.engine.inflight
+
+
+def test_store_thread_batches_what_queues_up_during_a_commit(tmp_path: Any) -> None:
+    """The real thread: while one commit waits (another connection holds the sqlite file
+    locked), the units that arrive are committed together, answered in one STORED."""
+    path = os.path.join(str(tmp_path), "q.sqlite")
+    backend = SqliteQueue(path, TABLE)
+    backend.open()
+    answers: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+    crashed: List[BaseException] = []
+    thread = StoreThread(backend, "libsqlite3", answers.put, crashed.append)
+    thread.start()
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        job = StoredJob(b"u0", b"f", b"", NORMAL, 0)
+        thread.inbox.put((STORE, 1, [job], []))
+        time.sleep(0.3)                               # unit 1 is now waiting on the lock
+        for unit_id in range(2, 7):
+            thread.inbox.put((STORE, unit_id, [job._replace(unique=b"u%d" % unit_id)], []))
+        locker.execute("COMMIT")
+        first = answers.get(timeout=10)
+        second = answers.get(timeout=10)
+    finally:
+        locker.close()
+        thread.inbox.put((STOP,))
+        thread.join(10)
+        backend.close()
+    assert not crashed and not thread.is_alive()
+    assert first == (STORED, [(1, None, {})])
+    assert second == (STORED, [(i, None, {}) for i in range(2, 7)])
