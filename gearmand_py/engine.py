@@ -360,6 +360,8 @@ class Engine:
                     self._late(unit, refused)
             else:
                 self._settle(unit, error, refused)
+                # its queue_timeout timer still holds the unit: let the jobs' data go now
+                unit.jobs, unit.adds, unit.waiters = [], [], []
 
     def _settle(self, unit: StoreUnit, error: Optional[str], refused: Refused) -> None:
         reasons: Dict[Job, str] = {}
