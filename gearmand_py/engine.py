@@ -13,8 +13,10 @@ workers, and the JOB_CREATED of every submit waiting on it is held.  Committed: 
 are queued and the submitters get JOB_CREATED.  Failed (or refused by the backend): the
 submitters get ERROR QUEUE_ERROR with a text naming the backend, attached foreground
 clients WORK_FAIL, and the jobs are forgotten.  A unit not back within ``queue_timeout`` is
-failed the same way; if it commits later after all, its jobs are stored but were never
-acknowledged: they are taken in as replayed jobs are and run (at-least-once).
+failed the same way (the store thread does not write the adds of a unit whose deadline
+passed before its commit started); if a unit whose commit was under way at its deadline
+commits after all, its jobs are stored but were never acknowledged: they are taken in as
+replayed jobs are and run (at-least-once).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .log import NOTICE
-from .messages import PAUSE_READ, RESUME_READ, STORE, Outcome, Reply
+from .messages import OVERDUE, PAUSE_READ, RESUME_READ, STORE, Outcome, Reply
 from .protocol.codec import pack
 from .protocol.commands import Cmd
 from .queues.base import Key, QueueBackend, Refused, StoredJob
@@ -342,12 +344,12 @@ class Engine:
         if unit is None:
             return
         self.unit = None
+        deadline = time.monotonic() + self.options.queue_timeout
         if unit.adds:
             self.inflight[unit.id] = unit
-            self.add_timer(time.monotonic() + self.options.queue_timeout, TIMER_STORE, unit,
-                           0)
+            self.add_timer(deadline, TIMER_STORE, unit, 0)
         assert self.store_post is not None
-        self.store_post((STORE, unit.id, unit.adds, unit.dones))
+        self.store_post((STORE, unit.id, unit.adds, unit.dones, deadline))
 
     def stored(self, outcomes: List[Outcome]) -> None:
         """STORED from the store thread: settle each unit."""
@@ -409,8 +411,8 @@ class Engine:
         if unit.expired or unit.id not in self.inflight:
             return
         unit.expired = True
-        self._settle(unit, f"{self.options.queue_name}: store did not answer within "
-                           f"{self.options.queue_timeout:g} s", {})
+        self._settle(unit, OVERDUE.format(queue=self.options.queue_name,
+                                          timeout=self.options.queue_timeout), {})
 
     def _late(self, unit: StoreUnit, refused: Refused) -> None:
         """An expired unit committed after all: its jobs are stored, so take them in as

@@ -36,10 +36,12 @@ Inboxes.  Every message is a tuple whose first element is its kind.
     - ``(STORED, [Outcome])``            store -> proc, as above, at ``-t N>=2``.
 * the store thread's inbox (with ``-q`` other than builtin; a bare ``SimpleQueue``: the
   thread blocks in ``get``):
-    - ``(STORE, unit_id, [StoredJob], [(unique, function)])``  processing thread -> store,
-      once per processing round that stored or finished background jobs: the adds and the
-      dones of that round (a "unit").  The store thread takes every unit queued when it
-      wakes and writes them as ONE commit (group commit), dones before adds;
+    - ``(STORE, unit_id, [StoredJob], [(unique, function)], deadline)``  processing
+      thread -> store, once per processing round that stored or finished background jobs:
+      the adds and the dones of that round (a "unit"), and the ``time.monotonic()`` after
+      which its submitters have been refused.  The store thread takes every unit queued
+      when it wakes and writes them as ONE commit (group commit), dones before adds; the
+      adds of a unit whose deadline has passed before that commit starts are not written;
     - ``(STOP,)``                        main -> store: commit what is queued, return.
 * the main thread's ``Mailbox`` (``-t >= 1``; at ``-t 0`` the single loop's mailbox):
     - ``(CALL, fn)``                     signal handlers, crashed threads, the graceful-stop
@@ -80,7 +82,7 @@ REPLIES = 1     # (REPLIES, [Reply])                      proc -> io-K
 ADOPT = 2       # (ADOPT, conn_id, sock, (ip, port), Port) main -> io-K
 CALL = 3        # (CALL, fn)                              any -> main, io-K, proc
 STOP = 4        # (STOP,)                                 main -> io-K, proc, store
-STORE = 5       # (STORE, unit_id, [StoredJob], [(unique, function)])  proc -> store
+STORE = 5       # (STORE, unit_id, [StoredJob], [(unique, function)], deadline)  proc -> store
 STORED = 6      # (STORED, [Outcome])                     store -> proc (io-K at -t 0/1)
 
 # ---- event pseudo-commands (the codec's and the I/O loop's; real commands are > 0) ----
@@ -100,3 +102,5 @@ ConnEvents = Tuple[int, List[Event]]
 Round = List[ConnEvents]
 Reply = Tuple[int, Union[bytes, None, int]]
 Outcome = Tuple[int, Optional[str], Dict[int, str]]
+#: The error of a unit not committed by its deadline (store thread and engine alike).
+OVERDUE = "{queue}: store did not answer within {timeout:g} s"

@@ -94,7 +94,7 @@ class Server:
         inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         if backend.durable:
             self.store_thread = StoreThread(
-                backend, settings.queue_type.lower(),
+                backend, settings.queue_type.lower(), float(settings.queue_timeout),
                 mailbox.put if mailbox is not None else inbox.put, self._crashed)
         engine = self.engine = Engine(
             engine_options(settings), backend,

@@ -3,12 +3,14 @@ server runs, so that the processing thread never waits on it.
 
 Theory of operation.  The processing thread collects the store writes of each processing
 round (adds of accepted background jobs, dones of ended stored jobs) into a unit and posts
-it here as ``(STORE, unit_id, adds, dones)`` (messages.py).  This thread blocks on its
+it here as ``(STORE, unit_id, adds, dones, deadline)`` (messages.py).  This thread blocks on its
 inbox; when it wakes it takes EVERY unit queued so far and writes them with one
 ``backend.commit`` (one transaction, pipeline or batch: the group commit).  While one
 commit is in flight the next batch gathers by itself, so batches grow with the load.  The
 outcome of each unit goes back to the processing thread's inbox as one
-``(STORED, [Outcome])`` message, and only then does it answer the submits.
+``(STORED, [Outcome])`` message, and only then does it answer the submits.  A unit whose
+deadline (``--queue-timeout`` after it was posted) has passed before its commit starts
+has had its submits refused already: its adds are not written (its dones are).
 
 Outages.  A failed commit refuses every add of its units (their dones are kept and go
 first in the next commit: deletes are idempotent).  The first failure logs ONE line
@@ -29,7 +31,7 @@ import queue
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from .messages import STORE, STORED, Outcome
+from .messages import OVERDUE, STORE, STORED, Outcome
 from .queues.base import Key, QueueBackend, StoredJob, one_line
 from .threads import ServiceThread
 
@@ -40,15 +42,16 @@ RETRY_MIN = 0.1
 #: ... up to this.
 RETRY_MAX = 2.0
 
-Unit = Tuple[int, int, Sequence[StoredJob], Sequence[Key]]
+Unit = Tuple[int, int, Sequence[StoredJob], Sequence[Key], float]
 
 
 class StoreStage:
     """The commit logic of the store thread (no thread of its own: tests drive it)."""
 
-    def __init__(self, backend: QueueBackend, queue_name: str) -> None:
+    def __init__(self, backend: QueueBackend, queue_name: str, timeout: float) -> None:
         self.backend = backend
         self.queue_name = queue_name
+        self.overdue = OVERDUE.format(queue=queue_name, timeout=timeout)
         #: Why the store is unusable, while it is; None when it works.
         self.down: Optional[str] = None
         self.retry_at = 0.0
@@ -62,28 +65,34 @@ class StoreStage:
         dones: List[Key] = self.carried
         self.carried = []
         spans: List[Tuple[int, int, int]] = []
-        for _, unit_id, unit_adds, unit_dones in units:
+        overdue: List[Outcome] = []
+        now = time.monotonic()
+        for _, unit_id, unit_adds, unit_dones, deadline in units:
+            dones.extend(unit_dones)
+            if unit_adds and deadline <= now:
+                overdue.append((unit_id, self.overdue, {}))
+                continue
             spans.append((unit_id, len(adds), len(unit_adds)))
             adds.extend(unit_adds)
-            dones.extend(unit_dones)
-        if self.down is not None and time.monotonic() < self.retry_at:
+        if self.down is not None and now < self.retry_at:
             self.carried = dones
-            return self._refuse_all(spans)
+            return overdue + self._refuse_all(spans)
         try:
             refused = self.backend.commit(adds, dones)
         except Exception as exc:   # any failure refuses the whole unit
             self.carried = dones
             self._failed(one_line(exc))
-            return self._refuse_all(spans)
+            return overdue + self._refuse_all(spans)
         if self.down is not None:
             log.error("queue %s: store restored, background jobs are accepted again",
                       self.queue_name)
             self.down = None
             self.backoff = RETRY_MIN
         head = f"{self.queue_name}: "
-        return [(unit_id, None, {i - start: head + refused[i]
-                                 for i in range(start, start + count) if i in refused})
-                for unit_id, start, count in spans]
+        return overdue + [(unit_id, None, {i - start: head + refused[i]
+                                           for i in range(start, start + count)
+                                           if i in refused})
+                          for unit_id, start, count in spans]
 
     def retry(self) -> None:
         """While down: try the store again (the carried dones, or just a reconnect)."""
@@ -113,11 +122,11 @@ class StoreThread(ServiceThread):
     """The "store" thread: drains ``inbox`` (STORE, STOP), commits, answers through
     ``reply`` (the processing thread's inbox ``put``)."""
 
-    def __init__(self, backend: QueueBackend, queue_name: str,
+    def __init__(self, backend: QueueBackend, queue_name: str, timeout: float,
                  reply: Callable[[Tuple[Any, ...]], None],
                  on_crash: Callable[[BaseException], None]) -> None:
         super().__init__("store", self._loop, on_crash)
-        self.stage = StoreStage(backend, queue_name)
+        self.stage = StoreStage(backend, queue_name, timeout)
         self.inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.reply = reply
 

@@ -45,7 +45,7 @@ class StoreHarness(Harness):
                                     queue_name="libsqlite3", queue_timeout=queue_timeout)
         self.engine = Engine(EngineOptions(**opts), self.backend, self.posted.append)
         self.processor = Processor(self.engine)
-        self.stage = StoreStage(self.backend, "libsqlite3")
+        self.stage = StoreStage(self.backend, "libsqlite3", queue_timeout)
         self.decoders: Dict[int, Decoder] = {}
         self.io: Dict[int, int] = {}
         self.pending: Dict[int, List[Any]] = {}
@@ -185,14 +185,14 @@ def test_unit_not_back_in_time_is_refused_then_taken_in_late(tmp_path: Any) -> N
     c = h.connect()
     w = h.worker("f")
     submit_bg(h, c, "slow")
-    units = h.units()
+    outcomes = h.stage.commit(h.units())            # the commit starts in time ...
     time.sleep(0.1)
-    got = h.replies()                               # finish_round runs the due timer
+    got = h.replies()                               # ... its answer does not (timer due)
     [p] = got[c]
     assert p.name == "ERROR" and p.args[0] == b"QUEUE_ERROR"
     assert p.args[1] == b"libsqlite3: store did not answer within 0.05 s"
     assert h.grab(w).name == "NO_JOB"
-    h.commit(units)                                 # the commit lands after all
+    h.processor.stored(outcomes)                    # the commit's answer lands after all
     assert h.replies().get(c) is None               # nothing more for the submitter
     assert h.rows() == [(b"f", b"slow")]
     p = h.grab(w)                                   # stored, so it runs (at-least-once)
@@ -228,16 +228,18 @@ def test_store_thread_batches_what_queues_up_during_a_commit(tmp_path: Any) -> N
     backend.open()
     answers: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
     crashed: List[BaseException] = []
-    thread = StoreThread(backend, "libsqlite3", answers.put, crashed.append)
+    thread = StoreThread(backend, "libsqlite3", 5.0, answers.put, crashed.append)
     thread.start()
     locker = sqlite3.connect(path, isolation_level=None)
     try:
         locker.execute("BEGIN EXCLUSIVE")
         job = StoredJob(b"u0", b"f", b"", NORMAL, 0)
-        thread.inbox.put((STORE, 1, [job], []))
+        deadline = time.monotonic() + 60
+        thread.inbox.put((STORE, 1, [job], [], deadline))
         time.sleep(0.3)                               # unit 1 is now waiting on the lock
         for unit_id in range(2, 7):
-            thread.inbox.put((STORE, unit_id, [job._replace(unique=b"u%d" % unit_id)], []))
+            thread.inbox.put((STORE, unit_id, [job._replace(unique=b"u%d" % unit_id)], [],
+                              deadline))
         locker.execute("COMMIT")
         first = answers.get(timeout=10)
         second = answers.get(timeout=10)
@@ -249,3 +251,27 @@ def test_store_thread_batches_what_queues_up_during_a_commit(tmp_path: Any) -> N
     assert not crashed and not thread.is_alive()
     assert first == (STORED, [(1, None, {})])
     assert second == (STORED, [(i, None, {}) for i in range(2, 7)])
+
+
+def test_unit_past_its_deadline_is_not_written(tmp_path: Any) -> None:
+    """A unit still queued for the store when its submitters were refused: its adds are
+    not written at all (its dones are)."""
+    h = StoreHarness(os.path.join(str(tmp_path), "q.sqlite"), queue_timeout=0.05)
+    c = h.connect()
+    w = h.worker("f")
+    submit_bg(h, c, "kept")
+    h.commit(h.units())
+    h.replies()
+    handle = h.grab(w).args[0]
+    h.req(w, "WORK_COMPLETE", handle, b"")          # a done ...
+    submit_bg(h, c, "never")                        # ... and an add, in queued units
+    units = h.units()
+    time.sleep(0.1)
+    [p] = h.replies()[c]
+    assert p.args == [b"QUEUE_ERROR", b"libsqlite3: store did not answer within 0.05 s"]
+    outcomes = h.stage.commit(units)
+    assert [o[1] for o in outcomes if o[1]] == [
+        "libsqlite3: store did not answer within 0.05 s"]
+    h.processor.stored(outcomes)
+    assert h.rows() == []                           # "kept" deleted, "never" not written
+    assert h.grab(w).name == "NO_JOB"
