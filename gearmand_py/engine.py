@@ -75,8 +75,9 @@ class EngineOptions:
     exceptions: bool            # --exceptions: every client gets WORK_EXCEPTION
     verbose: str                # the log level, as the admin "verbose" command shows it
     hashtable_buckets: int      # listing order of "show jobs" (gearmand's hash table)
-    queue_name: str = "builtin"  # -q as given (lower case): store refusals start with it
-    queue_timeout: float = 5.0  # --queue-timeout: a store unit not back by then is refused
+    # Used with a durable queue only (server.py always sets them):
+    queue_name: str = ""        # -q as given (lower case): store refusals start with it
+    queue_timeout: float = 0.0  # --queue-timeout: a store unit not back by then is refused
 
 
 class StoreUnit:
@@ -623,8 +624,9 @@ class Engine:
         return True
 
     # ---- timers ---------------------------------------------------------------------
-    def add_timer(self, deadline: float, kind: int, job: Any, token: int) -> None:
-        heapq.heappush(self.timers, (deadline, self.next_seq(), kind, job, token))
+    def add_timer(self, deadline: float, kind: int, subject: Any, token: int) -> None:
+        """``subject`` is a Job (worker timeout, epoch) or a StoreUnit (TIMER_STORE)."""
+        heapq.heappush(self.timers, (deadline, self.next_seq(), kind, subject, token))
 
     def next_deadline(self) -> Optional[float]:
         return self.timers[0][0] if self.timers else None
