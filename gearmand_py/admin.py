@@ -74,7 +74,11 @@ def show(engine: Engine, conn: Peer, tokens: Tokens) -> bytes:
     if not args:
         return unknown(tokens[0])
     if args == [b"jobs"]:
-        rows = [b"%s\t%d\t%d\t%d\n" % (j.handle, j.retries, int(j.ignored), int(j.persisted))
+        # The last column is gearmand's "queued": a background job handed to the queue
+        # module (the builtin one included); with a real store, once its add committed.
+        memory = not engine.durable
+        rows = [b"%s\t%d\t%d\t%d\n" % (j.handle, j.retries, int(j.ignored),
+                                        int(j.persisted or memory and j.background))
                 for j in _jobs_in_order(engine, lambda j: j.handle)]  # type: ignore
         return b"".join(rows) + END
     if args == [b"unique", b"jobs"]:

@@ -3,6 +3,20 @@
 Processing thread only.  Handlers (handlers.py, admin.py) call these operations; replies
 are appended to ``self.out`` per I/O thread (``Reply`` tuples of messages.py) and taken by
 the processor after each round.  It reads no settings: server.py gives it EngineOptions.
+
+Store units (durable ``-q`` only; the builtin queue never builds one).  The store writes of
+a processing round - the add of every accepted background job, the done of every stored
+job that ended - collect in one ``StoreUnit``; ``post_unit`` (end of round) hands it to
+the store thread (store.py) as a STORE message and never waits.  Until its STORED outcome
+arrives, a job of the unit exists (handle, coalescing, ``status``) but is not queued for
+workers, and the JOB_CREATED of every submit waiting on it is held.  Committed: the jobs
+are queued and the submitters get JOB_CREATED.  Failed (or refused by the backend): the
+submitters get ERROR QUEUE_ERROR with a text naming the backend, attached foreground
+clients WORK_FAIL, and the jobs are forgotten.  A unit not back within ``queue_timeout`` is
+failed the same way (the store thread does not write the adds of a unit whose deadline
+passed before its commit started); if a unit whose commit was under way at its deadline
+commits after all, its jobs are stored but were never acknowledged: they are taken in as
+replayed jobs are and run (at-least-once).
 """
 
 from __future__ import annotations
@@ -12,13 +26,13 @@ import heapq
 import logging
 import os
 import time
-from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .log import NOTICE
-from .messages import PAUSE_READ, RESUME_READ, Reply
+from .messages import OVERDUE, PAUSE_READ, RESUME_READ, STORE, Outcome, Reply
 from .protocol.codec import pack
 from .protocol.commands import Cmd
-from .queues.base import QueueBackend, StoredJob
+from .queues.base import Key, QueueBackend, Refused, StoredJob
 from .state import NO_CLIENTS, PRIORITIES, Ability, Function, Job, Peer
 
 log = logging.getLogger("gearmand")
@@ -34,6 +48,7 @@ _NOOP = pack(Cmd.NOOP)
 
 TIMER_WORKER_TIMEOUT = 0
 TIMER_EPOCH = 1
+TIMER_STORE = 2
 
 
 class EngineError(Exception):
@@ -63,10 +78,29 @@ class EngineOptions:
     version: str                # what the admin "version" command answers
     error_log_level: int        # the level ERROR replies are logged at (2.0: ERROR)
     hashtable_buckets: int      # listing order of "show jobs" (gearmand's hash table)
+    # Used with a durable queue only (server.py always sets them):
+    queue_name: str = ""        # -q as given (lower case): store refusals start with it
+    queue_timeout: float = 0.0  # --queue-timeout: a store unit not back by then is refused
+
+
+class StoreUnit:
+    """One processing round's store writes, and the submits that wait on them."""
+
+    __slots__ = ("id", "jobs", "adds", "dones", "waiters", "expired")
+
+    def __init__(self, unit_id: int) -> None:
+        self.id = unit_id
+        self.jobs: List[Job] = []              # adds[i] stores jobs[i]
+        self.adds: List[StoredJob] = []
+        self.dones: List[Key] = []
+        self.waiters: List[Tuple[Peer, Job]] = []   # background submits to answer
+        self.expired = False                   # refused after queue_timeout
 
 
 class Engine:
-    def __init__(self, options: EngineOptions, backend: QueueBackend) -> None:
+    def __init__(self, options: EngineOptions, backend: QueueBackend,
+                 store: Optional[Callable[[Tuple[Any, ...]], None]] = None) -> None:
+        """``store`` posts to the store thread's inbox; required for a durable backend."""
         self.options = options
         self.backend = backend
         self.handle_prefix = options.handle_prefix.encode() + b":"
@@ -77,7 +111,7 @@ class Engine:
         self.out: Dict[int, List[Reply]] = {}
         #: Workers asleep after PRE_SLEEP that have not been sent a NOOP yet.
         self.sleepers: Set[Peer] = set()
-        self.timers: List[Tuple[float, int, int, Job, int]] = []
+        self.timers: List[Tuple[float, int, int, Any, int]] = []
         self._seq = 0
         self.round_robin = options.round_robin
         self.priority_global = options.priority_global
@@ -87,6 +121,20 @@ class Engine:
         #: False for the builtin queue: nothing to store, skip building records.
         self.durable = getattr(backend, "durable", True)
         self.log_accepted = log.isEnabledFor(NOTICE)
+        if self.durable and store is None:
+            raise ValueError("a durable queue needs the store thread")
+        self.store_post = store
+        #: The open unit of this round; units posted and not answered yet; the jobs whose
+        #: add is in one of them.
+        self.unit: Optional[StoreUnit] = None
+        self.inflight: Dict[int, StoreUnit] = {}
+        self.unstored: Dict[Job, StoreUnit] = {}
+        self._unit_ids = 0
+        self._timer_kinds: Dict[int, Callable[[Any, int], None]] = {
+            TIMER_WORKER_TIMEOUT: self._worker_timeout,
+            TIMER_EPOCH: self._epoch_due,
+            TIMER_STORE: self._store_overdue,
+        }
 
     # ---- plumbing -------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -246,10 +294,11 @@ class Engine:
         self._seq += 1
         job = Job(handle, func, unique, key, data, priority, background, when, reducer,
                   self._seq)
-        if background:
-            if conn is not None and self.durable:   # replayed jobs are already stored
+        if background and self.durable:
+            if conn is not None:
                 self._store(job)
-            job.persisted = True
+            else:                                   # replayed: already stored
+                job.persisted = True
         self.jobs[handle] = job
         if key is not None:
             func.by_unique[key] = job
@@ -257,6 +306,10 @@ class Engine:
         if conn is not None and not background:
             job.clients = [conn]
             conn.listening[handle] = job
+        if self.unstored and job in self.unstored:   # queued once stored
+            if self.log_accepted:
+                self._log_accepted(job)
+            return job
         func.queues[priority].append(job)
         if when and when > time.time():
             self.add_timer(time.monotonic() + (when - time.time()), TIMER_EPOCH, job, 0)
@@ -266,17 +319,123 @@ class Engine:
             self._log_accepted(job)
         return job
 
+    # ---- store units (module docstring) ----------------------------------------------
     def _store(self, job: Job) -> None:
-        """The durability point: add + flush before JOB_CREATED, or refuse the job."""
+        """Put the job's add in this round's unit (it is queued once that commits)."""
         if job.when and not self.backend.supports_epoch:
             raise EngineError(b"QUEUE_ERROR", b"QUEUE_ERROR")
-        try:
-            self.backend.add(StoredJob(job.unique, job.function.name, job.data, job.priority,
-                                       job.when))
-            self.backend.flush()
-        except Exception as exc:  # any backend failure refuses the job
-            log.error("queue add failed for %s: %s", job.handle.decode(), exc)
-            raise EngineError(b"QUEUE_ERROR", b"QUEUE_ERROR") from None
+        unit = self.unit or self._open_unit()
+        unit.jobs.append(job)
+        unit.adds.append(StoredJob(job.unique, job.function.name, job.data, job.priority,
+                                   job.when))
+        self.unstored[job] = unit
+
+    def _open_unit(self) -> StoreUnit:
+        self._unit_ids += 1
+        unit = self.unit = StoreUnit(self._unit_ids)
+        return unit
+
+    def acknowledge(self, conn: Peer, job: Job) -> None:
+        """A background submit was accepted into ``job``: JOB_CREATED now if the job is
+        stored, else once its unit committed."""
+        unit = self.unstored.get(job)
+        if unit is None:
+            self.send(conn, pack(Cmd.JOB_CREATED, job.handle))
+        else:
+            unit.waiters.append((conn, job))
+
+    def post_unit(self) -> None:
+        """End of round: hand the open unit to the store thread."""
+        unit = self.unit
+        if unit is None:
+            return
+        self.unit = None
+        deadline = time.monotonic() + self.options.queue_timeout
+        if unit.adds:
+            self.inflight[unit.id] = unit
+            self.add_timer(deadline, TIMER_STORE, unit, 0)
+        assert self.store_post is not None
+        self.store_post((STORE, unit.id, unit.adds, unit.dones, deadline))
+
+    def stored(self, outcomes: List[Outcome]) -> None:
+        """STORED from the store thread: settle each unit."""
+        for unit_id, error, refused in outcomes:
+            unit = self.inflight.pop(unit_id, None)
+            if unit is None:
+                continue
+            if unit.expired:
+                if error is None:
+                    self._late(unit, refused)
+            else:
+                self._settle(unit, error, refused)
+                # its queue_timeout timer still holds the unit: let the jobs' data go now
+                unit.jobs, unit.adds, unit.waiters = [], [], []
+
+    def _settle(self, unit: StoreUnit, error: Optional[str], refused: Refused) -> None:
+        reasons: Dict[Job, str] = {}
+        unstored = self.unstored
+        for i, job in enumerate(unit.jobs):
+            unstored.pop(job, None)
+            why = error if error is not None else refused.get(i)
+            if why is not None:
+                reasons[job] = why
+                self._tell_clients_fail(job)
+                self._forget(job)
+            elif self.jobs.get(job.handle) is job:
+                job.persisted = True
+                self._enqueue(job)
+            else:
+                self._orphan(job)
+        for conn, job in unit.waiters:
+            if conn.id not in self.conns:
+                continue
+            why = reasons.get(job)
+            if why is None:
+                self.send(conn, pack(Cmd.JOB_CREATED, job.handle))
+            else:
+                self.send(conn, pack(Cmd.ERROR, b"QUEUE_ERROR", why.encode("utf-8", "replace")))
+
+    def _enqueue(self, job: Job) -> None:
+        """Make a stored job visible to workers."""
+        func = job.function
+        func.queues[job.priority].append(job)
+        if job.when and job.when > time.time():
+            self.add_timer(time.monotonic() + (job.when - time.time()), TIMER_EPOCH, job, 0)
+        if func.workers:
+            self.wake_workers(func)
+
+    def _orphan(self, job: Job) -> None:
+        """A job cancelled before its add committed: delete the row, unless a newer job
+        with the same key owns it by now."""
+        owner = job.function.by_unique.get(job.key) if job.key is not None else None
+        if owner is None:
+            unit = self.unit or self._open_unit()
+            unit.dones.append((job.unique, job.function.name))
+
+    def _store_overdue(self, unit: StoreUnit, token: int) -> None:
+        """TIMER_STORE: the unit did not come back within queue_timeout: refuse it."""
+        if unit.expired or unit.id not in self.inflight:
+            return
+        unit.expired = True
+        self._settle(unit, OVERDUE.format(queue=self.options.queue_name,
+                                          timeout=self.options.queue_timeout), {})
+
+    def _late(self, unit: StoreUnit, refused: Refused) -> None:
+        """An expired unit committed after all: its jobs are stored, so take them in as
+        replayed jobs (they run; their submitters were told QUEUE_ERROR)."""
+        taken = 0
+        for i, stored in enumerate(unit.adds):
+            if i in refused:
+                continue
+            try:
+                self.submit(None, stored.function, stored.unique, stored.data,
+                            stored.priority, True, stored.when)
+                taken += 1
+            except EngineError as exc:
+                log.error("job stored after its submit was refused could not be queued: %s",
+                          exc.text.decode("utf-8", "replace"))
+        log.warning("queue %s: %d jobs committed after their submits had timed out; they "
+                    "are queued (at-least-once)", self.options.queue_name, taken)
 
     def _log_accepted(self, job: Job) -> None:
         if log.isEnabledFor(NOTICE):
@@ -464,10 +623,8 @@ class Engine:
     def _done(self, job: Job) -> None:
         if job.persisted:
             job.persisted = False
-            try:
-                self.backend.done(job.unique, job.function.name)
-            except Exception as exc:
-                log.error("queue done failed for %s: %s", job.handle.decode(), exc)
+            unit = self.unit or self._open_unit()
+            unit.dones.append((job.unique, job.function.name))
 
     def _forget(self, job: Job) -> None:
         """Remove a job that is neither queued nor running any more."""
@@ -501,8 +658,9 @@ class Engine:
         return True
 
     # ---- timers ---------------------------------------------------------------------
-    def add_timer(self, deadline: float, kind: int, job: Job, token: int) -> None:
-        heapq.heappush(self.timers, (deadline, self.next_seq(), kind, job, token))
+    def add_timer(self, deadline: float, kind: int, subject: Any, token: int) -> None:
+        """``subject`` is a Job (worker timeout, epoch) or a StoreUnit (TIMER_STORE)."""
+        heapq.heappush(self.timers, (deadline, self.next_seq(), kind, subject, token))
 
     def next_deadline(self) -> Optional[float]:
         return self.timers[0][0] if self.timers else None
@@ -510,13 +668,18 @@ class Engine:
     def run_timers(self) -> None:
         now = time.monotonic()
         timers = self.timers
+        kinds = self._timer_kinds
         while timers and timers[0][0] <= now:
-            _, _, kind, job, token = heapq.heappop(timers)
-            if kind == TIMER_WORKER_TIMEOUT:
-                if job.worker is not None and job.token == token and job.handle in self.jobs:
-                    log.warning("Worker timeout reached on job, requeueing: %s %s",
-                                job.handle.decode(), job.unique.decode("utf-8", "replace"))
-                    self.requeue(job)
-            elif job.handle in self.jobs and job.worker is None:
-                self.wake_workers(job.function)
+            _, _, kind, subject, token = heapq.heappop(timers)
+            kinds[kind](subject, token)
+
+    def _worker_timeout(self, job: Job, token: int) -> None:
+        if job.worker is not None and job.token == token and job.handle in self.jobs:
+            log.warning("Worker timeout reached on job, requeueing: %s %s",
+                        job.handle.decode(), job.unique.decode("utf-8", "replace"))
+            self.requeue(job)
+
+    def _epoch_due(self, job: Job, token: int) -> None:
+        if job.handle in self.jobs and job.worker is None:
+            self.wake_workers(job.function)
 

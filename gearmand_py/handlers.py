@@ -57,6 +57,9 @@ def _submit(engine: Engine, conn: Peer, name: bytes, unique: bytes, data: bytes,
     except EngineError as exc:
         engine.error(conn, exc.code, exc.text)
         return
+    if background and engine.durable:
+        engine.acknowledge(conn, job)      # JOB_CREATED once the job is stored
+        return
     handle = job.handle
     engine.send(conn, _header(_JOB_CREATED, len(handle)) + handle)
 

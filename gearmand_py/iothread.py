@@ -16,6 +16,8 @@ Loops run on the "io-N" threads for ``-t N >= 1`` and on the main thread for ``-
 where the loop also owns the listening sockets.  At ``-t 0`` and ``-t 1`` the loop runs the
 processor inline (any object with ``handle``/``finish_round``/``timeout``); at ``-t N >= 2``
 it posts each round to the processing thread's inbox and reads replies from its Mailbox.
+A loop that runs the processor also receives the store thread's STORED messages in its
+Mailbox (server.py creates that Mailbox first and hands it to both).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from . import malloc
 from .listener import accept_all
 from .mailbox import Mailbox
 from .messages import (ADOPT, CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, PAUSE_READ,
-                       REPLIES, STOP, Reply, Round)
+                       REPLIES, STOP, STORED, Outcome, Reply, Round)
 from .protocol import Port
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,6 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
         def finish_round(self) -> Dict[int, List[Reply]]: ...
 
         def timeout(self) -> Optional[float]: ...
+
+        def stored(self, outcomes: List[Outcome]) -> None: ...
 
 log = logging.getLogger("gearmand")
 
@@ -119,7 +123,7 @@ class IOLoop:
                  post: Optional[Callable[[Tuple[Any, ...]], None]] = None,
                  listening: Sequence[Listening] = (),
                  next_conn_id: Optional[Callable[[], int]] = None,
-                 stall_timeout: float = 0.0) -> None:
+                 stall_timeout: float = 0.0, mailbox: Optional[Mailbox] = None) -> None:
         assert (processor is None) != (post is None), "inline processor or post, not both"
         self.io_id = io_id
         self.max_output = max_output
@@ -128,7 +132,8 @@ class IOLoop:
         self.listening = list(listening)
         self.next_conn_id = next_conn_id
         self.stall_timeout = stall_timeout     # close a congested client after this; 0 = never
-        self.mailbox = Mailbox()
+        self.mailbox = mailbox if mailbox is not None else Mailbox()
+        self._own_mailbox = mailbox is None    # else its creator closes it
         self.epoll = select.epoll()
         self.by_fd: Dict[int, object] = {}
         self.conns: Dict[int, Connection] = {}
@@ -143,6 +148,7 @@ class IOLoop:
             ADOPT: self._on_adopt,
             CALL: self._on_call,
             STOP: self._on_stop,
+            STORED: self._on_stored,
         }
 
     # ---- the loop --------------------------------------------------------------------
@@ -282,7 +288,7 @@ class IOLoop:
             conn.events = events
             self.epoll.modify(conn.fd, events)
 
-    # ---- the mailbox (messages.py: REPLIES, ADOPT, CALL, STOP) ------------------------
+    # ---- the mailbox (messages.py: REPLIES, ADOPT, CALL, STOP, STORED) ----------------
     def _mailbox(self) -> None:
         on_message = self._on_message
         for msg in self.mailbox.drain():
@@ -299,6 +305,10 @@ class IOLoop:
 
     def _on_stop(self, msg: Tuple[Any, ...]) -> None:
         self.running = False
+
+    def _on_stored(self, msg: Tuple[Any, ...]) -> None:
+        assert self.processor is not None, "STORED goes to the loop running the processor"
+        self.processor.stored(msg[1])
 
     def _accept(self, lsock: socket.socket, port: Port) -> None:
         assert self.next_conn_id is not None
@@ -496,7 +506,8 @@ class IOLoop:
         self.conns.clear()
         self.by_fd.clear()
         self.epoll.close()
-        self.mailbox.close()
+        if self._own_mailbox:
+            self.mailbox.close()
 
 
 def _handshake_overdue(conn: Connection) -> bool:

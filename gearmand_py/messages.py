@@ -3,7 +3,7 @@
 Plain ints and tuples only, so the hot path pays nothing for them.  No thread imports
 another thread's module to talk to it; each imports the names it needs from here.
 
-Threads (``/proc/PID/task``: 1, 2 or N+2 of them)::
+Threads (``/proc/PID/task``: 1, 2 or N+2 of them; one more with a persistent queue)::
 
     -t 0     main   one IOLoop: accepts, does I/O and runs the Processor inline
     -t 1     main   Listener: accepts and hands sockets to io-1
@@ -11,6 +11,8 @@ Threads (``/proc/PID/task``: 1, 2 or N+2 of them)::
     -t N>=2  main   Listener
              io-K   IOLoop (K = 1..N): I/O only
              proc   ProcessorThread: runs the Processor, which owns every job table
+    -q X     store  StoreThread (store.py): the queue backend, only when ``-q`` names a
+                    real store (not builtin); any ``-t``
 
 Inboxes.  Every message is a tuple whose first element is its kind.
 
@@ -23,12 +25,24 @@ Inboxes.  Every message is a tuple whose first element is its kind.
       accepted on the listening socket whose ``Port`` (protocol + TLS) is given;
     - ``(CALL, fn)``                     any thread -> io-K: run ``fn`` there (at ``-t 0``
       and ``-t 1`` that is the processing thread: graceful stop, signals at ``-t 0``);
-    - ``(STOP,)``                        main -> io-K: flush what is held, close, return.
+    - ``(STOP,)``                        main -> io-K: flush what is held, close, return;
+    - ``(STORED, [Outcome])``            store -> io-K, only at ``-t 0``/``-t 1`` (io-K runs
+      the processor there): the outcome of the store units of one commit.
 * the processing thread's inbox (``-t N>=2``; a bare ``SimpleQueue``: the thread blocks in
   ``get(timeout=next timer)``, so no wake pipe):
     - ``(EVENTS, io_id, Round)``         io-K -> proc, once per selector round with events;
     - ``(CALL, fn)``                     main -> proc (graceful stop arms itself there);
-    - ``(STOP,)``                        main -> proc: send the last replies, return.
+    - ``(STOP,)``                        main -> proc: send the last replies, return;
+    - ``(STORED, [Outcome])``            store -> proc, as above, at ``-t N>=2``.
+* the store thread's inbox (with ``-q`` other than builtin; a bare ``SimpleQueue``: the
+  thread blocks in ``get``):
+    - ``(STORE, unit_id, [StoredJob], [(unique, function)], deadline)``  processing
+      thread -> store, once per processing round that stored or finished background jobs:
+      the adds and the dones of that round (a "unit"), and the ``time.monotonic()`` after
+      which its submitters have been refused.  The store thread takes every unit queued
+      when it wakes and writes them as ONE commit (group commit), dones before adds; the
+      adds of a unit whose deadline has passed before that commit starts are not written;
+    - ``(STOP,)``                        main -> store: commit what is queued, return.
 * the main thread's ``Mailbox`` (``-t >= 1``; at ``-t 0`` the single loop's mailbox):
     - ``(CALL, fn)``                     signal handlers, crashed threads, the graceful-stop
       hook -> main (``Server.post``);
@@ -43,6 +57,13 @@ Replies.  The processor answers with ``Reply`` tuples ``(conn_id, packet)``; a p
 ``None`` means "close this connection once its output is flushed", and PAUSE_READ /
 RESUME_READ switch reading of that connection off and on.
 
+Store units.  A unit's ``Outcome`` is ``(unit_id, error, refused)``: ``error`` is None when
+the unit committed, else one line saying why nothing of it was stored; ``refused`` maps
+the index of an add the backend refused on its own (e.g. a key the store cannot hold) to
+the reason, the rest of the unit being stored.  The processing thread answers the unit's
+background submits (JOB_CREATED, or ERROR QUEUE_ERROR) only then, and queues its jobs for
+workers only then (engine.py, "store units").
+
 Backpressure.  When the output waiting for a connection passes the I/O thread's high-water
 mark it reports CONGESTED; the processing thread then pauses (PAUSE_READ) the workers whose
 jobs stream to that client (they may live on other I/O threads), or, for a job that other
@@ -53,14 +74,16 @@ than ``--client-stall-timeout`` is closed by its I/O thread (CLOSED follows).
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 # ---- message kinds (first element of every inbox message) ------------------------------
 EVENTS = 0      # (EVENTS, io_id, Round)                  io-K -> proc
 REPLIES = 1     # (REPLIES, [Reply])                      proc -> io-K
 ADOPT = 2       # (ADOPT, conn_id, sock, (ip, port), Port) main -> io-K
 CALL = 3        # (CALL, fn)                              any -> main, io-K, proc
-STOP = 4        # (STOP,)                                 main -> io-K, proc
+STOP = 4        # (STOP,)                                 main -> io-K, proc, store
+STORE = 5       # (STORE, unit_id, [StoredJob], [(unique, function)], deadline)  proc -> store
+STORED = 6      # (STORED, [Outcome])                     store -> proc (io-K at -t 0/1)
 
 # ---- event pseudo-commands (the codec's and the I/O loop's; real commands are > 0) ----
 TEXT = 0            # an admin text line; args: its tokens              (codec)
@@ -78,3 +101,6 @@ Event = Tuple[int, bool, Tuple[Any, ...]]
 ConnEvents = Tuple[int, List[Event]]
 Round = List[ConnEvents]
 Reply = Tuple[int, Union[bytes, None, int]]
+Outcome = Tuple[int, Optional[str], Dict[int, str]]
+#: The error of a unit not committed by its deadline (store thread and engine alike).
+OVERDUE = "{queue}: store did not answer within {timeout:g} s"

@@ -4,7 +4,9 @@ Theory of operation.  An I/O thread hands over one ``Round`` per selector round 
 ``(conn_id, events)``, see messages.py).  ``Processor.handle`` runs it against the Engine,
 which owns every job table and collects its replies per I/O thread; ``finish_round`` runs
 the timers that fell due (CAN_DO_TIMEOUT, epoch jobs) and hands back every reply of the
-round, grouped by I/O thread, so each thread gets them in one message and one wake byte.
+round, grouped by I/O thread, so each thread gets them in one message and one wake byte;
+it also posts the round's store unit, if any, to the store thread (engine.py, "store
+units"), whose outcome comes back as a STORED message to ``stored``.
 
 With ``-t N >= 2`` a ProcessorThread runs this on its own thread ("proc"), fed through a
 ``queue.SimpleQueue`` and answering through the I/O threads' mailboxes; with ``-t 0`` and
@@ -23,7 +25,7 @@ from .engine import Engine
 from .handlers import HANDLERS, REQUESTS
 from .mailbox import Mailbox
 from .messages import (CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, PROTOCOL_ERROR,
-                       REPLIES, TEXT, Reply, Round)
+                       REPLIES, STOP, STORED, TEXT, Outcome, Reply, Round)
 from .protocol.commands import NAMES
 from .threads import ServiceThread
 
@@ -110,11 +112,19 @@ class Processor:
             return None
         return max(0.0, deadline - time.monotonic())
 
+    def stored(self, outcomes: List[Outcome]) -> None:
+        """STORED: the store thread's outcome of some units (their replies go out with
+        this round's)."""
+        self.engine.stored(outcomes)
+
     def finish_round(self) -> Dict[int, List[Reply]]:
-        """Run the timers that are due; take the round's replies, keyed by I/O thread."""
+        """Run the timers that are due; post the round's store unit; take the round's
+        replies, keyed by I/O thread."""
         engine = self.engine
         if engine.timers and engine.timers[0][0] <= time.monotonic():
             engine.run_timers()
+        if engine.unit is not None:
+            engine.post_unit()
         out = engine.out
         if out:
             engine.out = {}
@@ -124,7 +134,8 @@ class Processor:
 class ProcessorThread(ServiceThread):
     """The "proc" thread of ``-t N >= 2``: owns the Processor and drains its inbox.
 
-    ``inbox`` receives EVENTS, CALL and STOP messages; replies go to ``outboxes[io_id]``.
+    ``inbox`` receives EVENTS, CALL, STORED and STOP messages; replies go to
+    ``outboxes[io_id]``.
     """
 
     def __init__(self, processor: Processor, inbox: "queue.SimpleQueue[Any]",
@@ -134,6 +145,21 @@ class ProcessorThread(ServiceThread):
         self.processor = processor
         self.inbox = inbox
         self.outboxes = outboxes
+        self.running = True
+        self._on_message: Dict[int, Callable[[Tuple[Any, ...]], None]] = {
+            CALL: self._on_call,
+            STORED: self._on_stored,
+            STOP: self._on_stop,
+        }
+
+    def _on_call(self, msg: Tuple[Any, ...]) -> None:
+        msg[1]()
+
+    def _on_stored(self, msg: Tuple[Any, ...]) -> None:
+        self.processor.stored(msg[1])
+
+    def _on_stop(self, msg: Tuple[Any, ...]) -> None:
+        self.running = False
 
     def _send_replies(self) -> None:
         outboxes = self.outboxes
@@ -145,6 +171,7 @@ class ProcessorThread(ServiceThread):
         get = self.inbox.get
         get_nowait = self.inbox.get_nowait
         handle = proc.handle
+        on_message = self._on_message
         while True:
             try:
                 msg = get(timeout=proc.timeout())
@@ -154,11 +181,11 @@ class ProcessorThread(ServiceThread):
                 kind = msg[0]
                 if kind == EVENTS:
                     handle(msg[1], msg[2])
-                elif kind == CALL:
-                    msg[1]()
-                else:                           # STOP
-                    self._send_replies()
-                    return
+                else:
+                    on_message[kind](msg)
+                    if not self.running:        # STOP
+                        self._send_replies()
+                        return
                 try:
                     msg = get_nowait()
                 except queue.Empty:

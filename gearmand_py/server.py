@@ -3,7 +3,10 @@
 Threads (what /proc/PID/task shows):
   -t 0      1 thread: "main" runs one loop that accepts, does I/O and processes;
   -t 1      2 threads: "main" accepts; "io-1" does I/O and processes inline;
-  -t N>=2   N+2 threads: "main" accepts; "io-1".."io-N" do I/O; "proc" processes.
+  -t N>=2   N+2 threads: "main" accepts; "io-1".."io-N" do I/O; "proc" processes;
+plus, whatever -t, "store" (store.py) when -q names a real store (not builtin): it owns the
+queue backend while the server runs.  The processing thread's inbox is created first, so
+the store thread, the engine and the loops are each built whole.
 ``run()`` is called on the main thread and returns the exit status.  ``post(fn)`` may be
 called from signal handlers: it only enqueues fn for the main thread.  What crosses threads,
 and how, is described in messages.py; this module only wires the pieces and stops them in
@@ -24,10 +27,12 @@ from .engine import Engine, EngineOptions, default_handle_prefix
 from .errors import QueueError
 from .iothread import IOLoop
 from .listener import Listener, Listening, close_all
+from .mailbox import Mailbox
 from .messages import CALL, STOP
 from .processor import Processor, ProcessorThread
 from .queues.base import StoredJob
 from .settings import Settings
+from .store import StoreThread
 from .threads import ServiceThread
 
 log = logging.getLogger("gearmand")
@@ -54,7 +59,8 @@ def engine_options(settings: Settings) -> EngineOptions:
         worker_wakeup=settings.worker_wakeup,
         job_retries=settings.job_retries, exceptions=settings.exceptions,
         verbose=settings.verbose, version=mode.version,
-        error_log_level=mode.error_log_level, hashtable_buckets=settings.hashtable_buckets)
+        error_log_level=mode.error_log_level, hashtable_buckets=settings.hashtable_buckets,
+        queue_name=settings.queue_type.lower(), queue_timeout=float(settings.queue_timeout))
 
 
 class Server:
@@ -69,6 +75,10 @@ class Server:
         self.listener: Optional[Listener] = None     # -t >= 1
         self.threads: List[threading.Thread] = []
         self.proc_thread: Optional[ProcessorThread] = None
+        self.store_thread: Optional[StoreThread] = None    # -q other than builtin
+        #: -t 0/1: the inline processor's Mailbox; closed here once the store thread,
+        #: which answers into it, has stopped.
+        self.mailbox: Optional[Mailbox] = None
         self.engine: Optional[Engine] = None
         self._ids = itertools.count(1)
 
@@ -82,39 +92,51 @@ class Server:
         except Exception as exc:
             raise QueueError(f"Error while initializing the queue : {settings.queue_type}"
                              f" ({exc})") from None
-        engine = self.engine = Engine(engine_options(settings), backend)
-        self._replay(engine)
+        threads = max(settings.threads, 0)
+        # The processing thread's inbox: the inline loop's Mailbox, or proc's SimpleQueue.
+        mailbox = self.mailbox = Mailbox() if threads < 2 else None
+        inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        if backend.durable:
+            self.store_thread = StoreThread(
+                backend, settings.queue_type.lower(), float(settings.queue_timeout),
+                mailbox.put if mailbox is not None else inbox.put, self._crashed)
+        engine = self.engine = Engine(
+            engine_options(settings), backend,
+            self.store_thread.inbox.put if self.store_thread is not None else None)
+        self._replay(engine)             # before any thread runs: the backend is ours
         gc.collect()
         gc.freeze()                      # start-up objects are never garbage
         gc.set_threshold(*GC_THRESHOLDS)
-        threads = max(settings.threads, 0)
         max_output = max(MAX_OUTPUT_PACKETS * settings.max_packet_size, MIN_MAX_OUTPUT)
         next_id = self._next_id
         stall = float(settings.client_stall_timeout)
         if threads == 0:
             self.loops = [IOLoop(0, max_output, processor=Processor(engine),
                                  listening=self.listening, next_conn_id=next_id,
-                                 stall_timeout=stall)]
-            return
-        if threads == 1:
-            self.loops = [IOLoop(1, max_output, processor=Processor(engine),
-                                 stall_timeout=stall)]
+                                 stall_timeout=stall, mailbox=mailbox)]
         else:
-            inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-            self.loops = [IOLoop(i, max_output, post=inbox.put, stall_timeout=stall)
-                          for i in range(1, threads + 1)]
-            self.proc_thread = ProcessorThread(
-                Processor(engine), inbox, {loop.io_id: loop.mailbox for loop in self.loops},
-                self._crashed)
-            self.threads.append(self.proc_thread)
-        self.listener = Listener(self.listening, [loop.mailbox for loop in self.loops],
-                                 next_id)
-        self.threads.extend(ServiceThread(f"io-{loop.io_id}", loop.run, self._crashed)
-                            for loop in self.loops)
+            if threads == 1:
+                self.loops = [IOLoop(1, max_output, processor=Processor(engine),
+                                     stall_timeout=stall, mailbox=mailbox)]
+            else:
+                self.loops = [IOLoop(i, max_output, post=inbox.put, stall_timeout=stall)
+                              for i in range(1, threads + 1)]
+                self.proc_thread = ProcessorThread(
+                    Processor(engine), inbox,
+                    {loop.io_id: loop.mailbox for loop in self.loops}, self._crashed)
+                self.threads.append(self.proc_thread)
+            self.listener = Listener(self.listening, [loop.mailbox for loop in self.loops],
+                                     next_id)
+            self.threads.extend(ServiceThread(f"io-{loop.io_id}", loop.run, self._crashed)
+                                for loop in self.loops)
+        if self.store_thread is not None:
+            self.store_thread.start()
         for thread in self.threads:
             thread.start()
 
     def _replay(self, engine: Engine) -> None:
+        """Submit the stored jobs (main thread, before any other thread starts: replay is
+        complete before the first client is served)."""
         count = 0
         try:
             for stored in engine.backend.replay():
@@ -209,6 +231,13 @@ class Server:
         for thread in self.threads:
             if thread is not self.proc_thread:
                 self._join(thread)
+        # Nothing posts store units any more: the store thread commits what it holds
+        # (those submits are never answered; the jobs replay at the next start) and ends.
+        if self.store_thread is not None:
+            self.store_thread.inbox.put((STOP,))
+            self._join(self.store_thread)
+        if self.mailbox is not None:
+            self.mailbox.close()
         if self.engine is not None:
             self._save_on_shutdown(self.engine)
             try:

@@ -39,6 +39,8 @@ DEFAULT_SSL_KEY = "/etc/ssl/certs/gearmand.key"
 DEFAULT_CLIENT_STALL_TIMEOUT = 30
 #: Seconds a TLS peer has to complete its handshake before it is closed.
 DEFAULT_SSL_HANDSHAKE_TIMEOUT = 5
+#: Seconds a persistent-queue write may take before its background submits are refused.
+DEFAULT_QUEUE_TIMEOUT = 5
 DEFAULT_PORT = "4730"
 #: More I/O threads than this is a typo (gearmand would wrap -t -1 to 4294967295).
 MAX_THREADS = 1024
@@ -93,6 +95,7 @@ class Settings:
     ssl_key: str = DEFAULT_SSL_KEY
     ssl_handshake_timeout: int = DEFAULT_SSL_HANDSHAKE_TIMEOUT
     client_stall_timeout: int = DEFAULT_CLIENT_STALL_TIMEOUT
+    queue_timeout: int = DEFAULT_QUEUE_TIMEOUT
 
     def queue_option(self, name: str) -> object:
         """Queue option ``name``'s value, else the default its module declares (or None)."""
@@ -227,6 +230,11 @@ OPTIONS: List[Option] = [
     _o("round-robin", "R", SWITCH, None,
        "Assign work in round-robin order per worker connection. The default is to assign "
        "work in the order of functions added by the worker."),
+    _o("queue-timeout", None, "u32", DEFAULT_QUEUE_TIMEOUT,
+       "Seconds a write to the persistent queue (-q) may take: a background submit whose "
+       "job is not stored by then gets ERROR QUEUE_ERROR instead of JOB_CREATED; also the "
+       "queue drivers' connect and I/O timeout. (gearmand-py extension)", extension=True,
+       limits=(1, 3600)),
     _o("queue-type", "q", "str", "builtin",
        "Persistent queue type to use: builtin, libsqlite3, postgres (or libpq), mysql, "
        "libdrizzle, libmemcached, libtokyocabinet, redis."),

@@ -384,3 +384,144 @@ def test_builtin_is_a_noop() -> None:
     assert list(b.replay()) == []
     assert b.durable is False
     b.close()
+
+
+# ---- commit: one unit of adds and dones (the store thread's group commit) ---------------
+
+def test_commit_adds_and_dones_as_one_unit(make: BackendFactory) -> None:
+    b = make()
+    jobs = [StoredJob(b"c%d" % i, b"fc", b"d%d" % i, i % 3, 0) for i in range(50)]
+    assert b.commit(jobs, []) == {}  # type: ignore[attr-defined]
+    assert stored(b) == {(j.function, j.unique): j for j in jobs}
+    extra = StoredJob(b"new", b"fc", b"n", HIGH, 0)
+    dones = [(j.unique, j.function) for j in jobs[:40]]
+    assert b.commit([extra], dones) == {}  # type: ignore[attr-defined]
+    assert stored(b) == {(j.function, j.unique): j for j in jobs[40:] + [extra]}
+
+
+def test_commit_deletes_before_it_adds(make: BackendFactory) -> None:
+    """A job that ended and a new one with the same key in one unit: the new one stays."""
+    b = make()
+    put(b, StoredJob(b"k", b"f", b"old", LOW, 0))
+    new = StoredJob(b"k", b"f", b"new", HIGH, 0)
+    assert b.commit([new], [(b"k", b"f")]) == {}  # type: ignore[attr-defined]
+    assert stored(b) == {(b"f", b"k"): new}
+
+
+def test_commit_same_key_twice_keeps_the_last(make: BackendFactory) -> None:
+    b = make()
+    first, second = StoredJob(b"t", b"f", b"1", LOW, 0), StoredJob(b"t", b"f", b"2", HIGH, 0)
+    assert b.commit([first, second], []) == {}  # type: ignore[attr-defined]
+    assert stored(b) == {(b"f", b"t"): second}
+
+
+#: A job each backend cannot hold, refused alone by commit (None: it holds any job).
+UNSTORABLE = {
+    "postgres": StoredJob(b"\xff\xfe", b"f", b"", NORMAL, 0),
+    "mysql": StoredJob(b"\xff\xfe", b"f", b"", NORMAL, 0),
+    "libdrizzle": StoredJob(b"\xff\xfe", b"f", b"", NORMAL, 0),
+    "redis": StoredJob(b"e", b"f", b"", NORMAL, 1_900_000_000),
+    "libmemcached": StoredJob(b"has space", b"f", b"", NORMAL, 0),
+}
+
+
+def test_commit_refuses_an_unstorable_job_alone(make: BackendFactory) -> None:
+    name = make.name  # type: ignore[attr-defined]
+    bad = UNSTORABLE.get(name)
+    if bad is None:
+        pytest.skip(f"{name} can store any job")
+    b = make()
+    good = [StoredJob(b"g1", b"f", b"x", NORMAL, 0), StoredJob(b"g2", b"f", b"y", LOW, 0)]
+    refused = b.commit([good[0], bad, good[1]], [])  # type: ignore[attr-defined]
+    assert list(refused) == [1] and refused[1]
+    assert stored(b) == {(j.function, j.unique): j for j in good}
+
+
+def test_commit_of_nothing_checks_the_store(make: BackendFactory) -> None:
+    b = make()
+    assert b.commit([], []) == {}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", ["postgres", "mysql", "redis"])
+def test_commit_reconnects_after_the_server_dropped_it(name: str, tmp_path: "os.PathLike[str]",
+                                                       request: pytest.FixtureRequest) -> None:
+    """The server closes the connection; a later commit works again by itself."""
+    require_backend(name, request)
+    args = queue_args(name, uuid.uuid4().hex[:6], str(tmp_path))
+    b = create_backend(settings_for(name, args))
+    b.open()
+    try:
+        assert b.commit([StoredJob(b"before", b"f", b"", NORMAL, 0)], []) == {}
+        _drop_connections(name, b)
+        ok = False
+        for _ in range(2):               # the first may see the dead socket
+            try:
+                ok = b.commit([StoredJob(b"after", b"f", b"", NORMAL, 0)], []) == {}
+                break
+            except Exception:
+                continue
+        assert ok
+        assert set(stored(b)) == {(b"f", b"before"), (b"f", b"after")}
+    finally:
+        b.close()
+        drop_storage(name, args)
+
+
+def _drop_connections(name: str, backend: object) -> None:
+    if name == "postgres":
+        import psycopg2
+        pid = backend._conn.get_backend_pid()  # type: ignore[attr-defined]
+        with psycopg2.connect(PG_CONNINFO) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    elif name == "mysql":
+        import pymysql
+        thread_id = backend._conn.thread_id()  # type: ignore[attr-defined]
+        conn = pymysql.connect(host=MY[0], port=MY[1], user="root", database="test")
+        with conn.cursor() as cur:
+            cur.execute("KILL %s", (thread_id,))
+        conn.close()
+    else:
+        import redis
+        client = redis.Redis(*REDIS)
+        client.client_kill_filter(_type="normal", skipme=True)
+        client.close()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("name", ["postgres", "mysql", "libmemcached", "redis"])
+def test_hung_store_gives_up_within_the_queue_timeout(name: str) -> None:
+    """A store that accepts and then says nothing cannot hold the caller longer than about
+    --queue-timeout (per attempt; a lost connection is retried once)."""
+    need_module({"postgres": "psycopg2", "mysql": "pymysql", "libmemcached": "pymemcache",
+                 "redis": "redis"}[name])
+    with silent_server() as port:
+        args = {"postgres": [f"--libpq-conninfo=host=127.0.0.1 port={port} dbname=test"],
+                "mysql": ["--mysql-host=127.0.0.1", f"--mysql-port={port}"],
+                "libmemcached": [f"--libmemcached-servers=127.0.0.1:{port}"],
+                "redis": ["--redis-server=127.0.0.1", f"--redis-port={port}"]}[name]
+        b = create_backend(settings_for(name, args, queue_timeout=1))
+        start = time.monotonic()
+        errors: Tuple[type, ...] = (QueueError,)
+        if name == "postgres":
+            import psycopg2
+            errors = (psycopg2.OperationalError,)
+        elif name == "mysql":
+            import pymysql
+            errors = (pymysql.OperationalError,)
+        with pytest.raises(errors):
+            if name in ("postgres", "mysql"):
+                b.commit([StoredJob(b"u", b"f", b"", NORMAL, 0)], [])  # connects lazily
+            else:
+                b.open()
+        assert time.monotonic() - start < 4.5

@@ -194,6 +194,55 @@ def test_store_queue_on_shutdown(server_factory: Callable[..., Server],
     assert stored("libsqlite3", qargs) == {}
 
 
+@pytest.mark.parametrize("threads", ["0", "4"])
+def test_store_that_does_not_answer_refuses_in_time_and_nothing_else_waits(
+        server_factory: Callable[..., Server], tmp_path: "os.PathLike[str]",
+        threads: str) -> None:
+    """Another connection holds the sqlite file locked: a background submit gets
+    ERROR QUEUE_ERROR after --queue-timeout, never JOB_CREATED, while ECHO and foreground
+    jobs go on; once the lock goes, the late commit's job runs (at-least-once)."""
+    import sqlite3
+
+    qargs = queue_args("libsqlite3", "hang", str(tmp_path))
+    srv = server_factory("-q", "libsqlite3", *qargs, "--queue-timeout=1", "-t", threads,
+                         impl="py", env=ENV)
+    submit_bg(srv.port, [("SUBMIT_JOB_BG", b"hf", b"first", b"1")])
+    db = qargs[0].split("=", 1)[1]
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with Conn(srv.port) as c, Conn(srv.port) as w, Conn(srv.port) as e:
+            start_at = time.monotonic()
+            c.send("SUBMIT_JOB_BG", b"hf", b"late", b"2")
+            slowest = 0.0
+            w.send("CAN_DO", b"fg")
+            while time.monotonic() - start_at < 0.8:        # the store is stuck meanwhile
+                t = time.monotonic()
+                e.send("ECHO_REQ", b"ping")
+                e.expect("ECHO_RES")
+                e.send("SUBMIT_JOB", b"fg", b"", b"in")
+                e.expect("JOB_CREATED")
+                w.send("GRAB_JOB")
+                handle = w.expect("JOB_ASSIGN").args[0]
+                w.send("WORK_COMPLETE", handle, b"out")
+                assert e.expect("WORK_COMPLETE").args == [handle, b"out"]
+                slowest = max(slowest, time.monotonic() - t)
+            reply = c.recv(timeout=5)
+            waited = time.monotonic() - start_at
+            assert reply.name == "ERROR", reply
+            assert reply.args == [b"QUEUE_ERROR",
+                                  b"libsqlite3: store did not answer within 1 s"]
+            assert 0.9 < waited < 3, waited
+            assert slowest < 0.5, slowest
+            locker.execute("COMMIT")
+            assert sorted(work(srv.port, [b"hf"], 2)) == [(b"hf", b"first", b"1"),
+                                                           (b"hf", b"late", b"2")]
+    finally:
+        locker.close()
+    srv.stop()
+    assert stored("libsqlite3", qargs) == {}
+
+
 @pytest.mark.parametrize("direction", ["c-to-py", "py-to-c"])
 @pytest.mark.parametrize("name", C_MODULES)
 def test_differential_with_c_gearmand(server_factory: Callable[..., Server],

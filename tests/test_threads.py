@@ -143,3 +143,21 @@ def test_libgearman_round_trip_per_thread_setting(server_factory: Factory, threa
         if worker.poll() is None:
             worker.kill()
         worker.communicate(timeout=5)
+
+
+@only_ours
+@pytest.mark.parametrize("threads", ["0", "1", "2"])
+def test_a_real_queue_adds_the_store_thread(server_factory: Factory, threads: str,
+                                            tmp_path: "os.PathLike[str]") -> None:
+    """-q naming a real store: one more thread, "store", whatever -t; builtin: none."""
+    db = os.path.join(str(tmp_path), "q.sqlite")
+    srv = server_factory("-t", threads, "-q", "libsqlite3", f"--libsqlite3-db={db}")
+    with Conn(srv.port) as c:
+        h = submit(c, "store_fn", b"x", cmd="SUBMIT_JOB_BG")
+        assert h
+    names = task_names(srv.pid)
+    assert task_count(srv.pid) == EXPECTED_THREADS[threads] + 1, names
+    assert names.count("store") == 1, names
+    plain = server_factory("-t", threads)
+    assert "store" not in task_names(plain.pid)
+    assert task_count(plain.pid) == EXPECTED_THREADS[threads]

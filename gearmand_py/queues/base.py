@@ -1,9 +1,16 @@
 """The queue backend contract every `-q` module implements, and the helpers they share.
 
-Durability point: ``add()`` then ``flush()`` return before JOB_CREATED is sent for a
-background job.  ``done()`` runs on WORK_COMPLETE/FAIL/EXCEPTION, retry drop and cancel.
-``replay()`` yields stored jobs once at start, before connections are accepted.  Backends
-run on the processing thread only; ``Driver.require`` runs on the main thread while the
+Durability point: ``commit(adds, dones)`` writes one store unit - every background job
+accepted and every stored job ended in a batch of processing rounds - as ONE transaction
+(pipeline, batch) and returns once it is durable; the JOB_CREATED replies of those adds
+are sent only after that (messages.py, "Store units").  ``add``/``flush``/``done`` are the
+same writes one at a time (start-up tools and the contract tests use them).  ``done``
+covers WORK_COMPLETE/FAIL/EXCEPTION, retry drop and cancel.  ``replay()`` yields stored
+jobs once at start, before connections are accepted.
+
+Threads: ``open``/``replay`` run on the main thread before the store thread starts and
+``close``/``save_on_shutdown`` after it stopped; everything else runs on the store thread
+(store.py), one call at a time.  ``Driver.require`` runs on the main thread while the
 options are checked (``--check-args`` included).
 """
 
@@ -11,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Iterator, Mapping, NamedTuple, Protocol
+from typing import Dict, Iterator, Mapping, NamedTuple, Protocol, Sequence, Tuple
 
 from ..errors import ConfigError
 from ..state import HIGH, LOW, NORMAL
 
-__all__ = ["HIGH", "LOW", "NORMAL", "Driver", "QueueBackend", "StoredJob", "one_line",
-           "stored_priority"]
+__all__ = ["HIGH", "LOW", "NORMAL", "Driver", "Key", "QueueBackend", "Refused", "StoredJob",
+           "one_line", "stored_priority"]
 
 
 class StoredJob(NamedTuple):
@@ -26,6 +33,12 @@ class StoredJob(NamedTuple):
     data: bytes
     priority: int   # HIGH, NORMAL or LOW
     when: int       # Unix time the job is due; 0 = now
+
+
+#: A stored job's identity: (unique, function).
+Key = Tuple[bytes, bytes]
+#: What ``commit`` refused on its own: index into ``adds`` -> reason (one line).
+Refused = Dict[int, str]
 
 
 class QueueBackend(Protocol):
@@ -41,6 +54,18 @@ class QueueBackend(Protocol):
     def flush(self) -> None: ...
 
     def done(self, unique: bytes, function: bytes) -> None: ...
+
+    def commit(self, adds: Sequence[StoredJob], dones: Sequence[Key]) -> Refused:
+        """Delete ``dones``, then store ``adds``, as one unit; durable when it returns.
+
+        Raises when the unit failed: then nothing of it may be acknowledged (a backend
+        without transactions may have stored part of it; those jobs replay after a
+        restart).  An add the backend can never store (a key it cannot hold) is refused
+        on its own: its index and reason are returned, the rest is stored.  After a
+        failure the next call reconnects (network backends) within the timeouts the
+        backend was created with.
+        """
+        ...
 
     def replay(self) -> Iterator[StoredJob]: ...
 

@@ -1,8 +1,11 @@
 """Shared plumbing of the SQL-server queue modules (postgres, mysql/libdrizzle).
 
-One DB-API connection per backend, run on the processing thread only: ``_run(fn)`` runs
-``fn(cursor)`` and, when the connection was lost (server restart, idle timeout), connects
-once more and retries; ``close()`` forgets the connection.  Subclasses say how to connect,
+One DB-API connection per backend, used by one thread at a time (the store thread while
+the server runs): ``_run(fn)`` runs ``fn(cursor)`` and, when the connection was lost
+(server restart, idle timeout), connects once more and retries; ``_transaction(fn)`` runs
+it between BEGIN and COMMIT the same way and, after any failure, drops the connection so
+that the next call starts on a fresh one (a timed-out connection is in an unknown state);
+``close()`` forgets the connection.  Subclasses say how to connect,
 which exception classes the driver raises and what counts as a lost connection.
 """
 
@@ -55,3 +58,16 @@ class DbApiQueue:
                     raise
                 self.close()
         raise AssertionError("unreachable")
+
+    def _transaction(self, fn: Callable[[Any], T]) -> T:
+        """Run fn(cursor) as one transaction (group commit); see the module docstring."""
+        def txn(cur: Any) -> T:
+            cur.execute("BEGIN")
+            result = fn(cur)
+            cur.execute("COMMIT")
+            return result
+        try:
+            return self._run(txn)
+        except BaseException:
+            self.close()
+            raise

@@ -1,6 +1,6 @@
 """`-q libmemcached`: background jobs as memcached items, gearmand's layout (pymemcache).
 
-Thread: the processing thread only (``open``/``replay`` run on the main thread before it
+Thread: the store thread (store.py; ``open``/``replay`` run on the main thread before it
 starts, ``close`` after it stopped).
 
 Options: ``--libmemcached-servers`` (``host[:port]`` list separated by ``,`` or spaces;
@@ -19,6 +19,13 @@ key with its flags.  As in gearmand, the key is split at the first ``-`` after t
 so a function name containing ``-`` comes back split wrongly (the format has no room for
 the function name); memcached cannot store epoch jobs (``supports_epoch`` False), and it
 may evict items under memory pressure (run it with enough memory, or ``-M``).
+
+commit() sends a unit per server as one ``delete_many`` (on every server) and one
+``set_many`` (pymemcache writes all commands, then reads all replies): memcached has no
+transactions, so a failed unit may leave some of its items stored (never acknowledged;
+they replay after a restart), and a key the server did not store refuses that job alone.
+``--queue-timeout`` is pymemcache's connect and I/O timeout; after an error pymemcache
+drops the socket and the next unit reconnects.
 """
 
 from __future__ import annotations
@@ -26,12 +33,12 @@ from __future__ import annotations
 import re
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 from urllib.parse import unquote_to_bytes
 
 from ..errors import ConfigError, QueueError
 from ..options import Option, queue_row
-from .base import Driver, StoredJob, stored_priority
+from .base import Driver, Key, Refused, StoredJob, stored_priority
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import Settings
@@ -50,7 +57,7 @@ DRIVER = Driver("pymemcache.client.base", "pymemcache", "memcached", "python3-py
 #: prefix; 1.1 only logs "memcached_servers_parse" once started), with the full name.
 NO_SERVERS = "No --libmemcached-servers given"
 DEFAULT_PORT = 11211
-CONNECT_TIMEOUT_S = 5.0
+#: Read timeout of the key listing at replay (s).
 TIMEOUT_S = 10.0
 #: Upper bound on one key-listing reply (bytes) and on BUSY retries of the crawler.
 MAX_DUMP_BYTES = 1 << 30
@@ -103,10 +110,11 @@ class MemcachedQueue:
     supports_epoch = False
     durable = True
 
-    def __init__(self, servers: List[Tuple[str, int]], prefix: str) -> None:
+    def __init__(self, servers: List[Tuple[str, int]], prefix: str, timeout: float) -> None:
         from pymemcache.client.base import Client
 
         self._client_cls = Client
+        self.timeout = timeout
         self.servers = servers
         self.prefix = prefix.encode("utf-8", "surrogateescape")
         self._clients: List[Any] = []
@@ -123,7 +131,7 @@ class MemcachedQueue:
         clients: List[Any] = []
         for host, port in self.servers:
             client = self._client_cls((host, port), serde=_Serde(),
-                                      connect_timeout=CONNECT_TIMEOUT_S, timeout=TIMEOUT_S)
+                                      connect_timeout=self.timeout, timeout=self.timeout)
             try:
                 client.version()
             except Exception as exc:
@@ -140,17 +148,52 @@ class MemcachedQueue:
         for client in clients:
             client.close()
 
-    def add(self, job: StoredJob) -> None:
+    def _checked_key(self, job: StoredJob) -> bytes:
+        """The job's key; QueueError for a job memcached cannot hold."""
         if job.when:
             raise QueueError("memcached cannot store epoch jobs")
-        if not self._clients:
-            raise QueueError("the memcached queue is not open")
         key = self.key(job.unique, job.function)
         if len(key) > MAX_KEY or len(key.split()) != 1 or key.split()[0] != key:
             raise QueueError(f"memcached cannot store the key {key[:60]!r} (spaces, control "
                              f"characters or more than {MAX_KEY} bytes)")
+        return key
+
+    def add(self, job: StoredJob) -> None:
+        if not self._clients:
+            raise QueueError("the memcached queue is not open")
+        key = self._checked_key(job)
         if not self._pick(key).set(key, (job.data, job.priority), expire=0, noreply=False):
             raise QueueError("memcached did not store the job")
+
+    def commit(self, adds: Sequence[StoredJob], dones: Sequence[Key]) -> Refused:
+        if not self._clients:
+            raise QueueError("the memcached queue is not open")
+        refused: Refused = {}
+        if dones:
+            keys = [self.key(unique, function) for unique, function in dones]
+            for client in self._clients:
+                client.delete_many(keys, noreply=False)     # NOT_FOUND is fine
+        per_client: Dict[int, Dict[bytes, Tuple[bytes, int]]] = {}
+        index: Dict[bytes, List[int]] = {}
+        for i, job in enumerate(adds):
+            try:
+                key = self._checked_key(job)
+            except QueueError as exc:
+                refused[i] = str(exc)
+                continue
+            slot = id(self._pick(key))
+            per_client.setdefault(slot, {})[key] = (job.data, job.priority)
+            index.setdefault(key, []).append(i)
+        for client in self._clients:
+            values = per_client.get(id(client))
+            if values:
+                for key in client.set_many(values, expire=0, noreply=False):
+                    for i in index[key]:
+                        refused[i] = "memcached did not store the job"
+        if not adds and not dones:
+            for client in self._clients:
+                client.version()                  # a probe: is the store back?
+        return refused
 
     def flush(self) -> None:
         pass
@@ -231,4 +274,5 @@ def validate(values: Mapping[str, object]) -> None:
 
 def create(settings: Settings) -> MemcachedQueue:
     return MemcachedQueue(_servers(settings.queue_option("libmemcached-servers")),
-                          settings.queue_text("libmemcached-prefix"))
+                          settings.queue_text("libmemcached-prefix"),
+                          float(settings.queue_timeout))

@@ -1,6 +1,6 @@
 """`-q mysql` and `-q libdrizzle`: background jobs in a MySQL/MariaDB table (PyMySQL).
 
-Thread: the processing thread only (``open``/``replay`` run on the main thread before it
+Thread: the store thread (store.py; ``open``/``replay`` run on the main thread before it
 starts, ``close`` after it stopped).
 
 Two layouts, as in gearmand (libgearman-server/plugins/queue/mysql/queue.cc and the
@@ -16,12 +16,17 @@ libdrizzle module); the options' defaults are in ``OPTIONS``:
   ``<db>`` is created when missing, and the table ``<db>.<t>`` is the same but with
   ``when_to_run BIGINT``.
 
-The connection is in autocommit mode, so add() has committed when it returns.  Every
+The connection is in autocommit mode, so add() has committed when it returns; commit()
+runs a unit's deletes and inserts between BEGIN and COMMIT (InnoDB: durable per
+``innodb_flush_log_at_trx_commit``), the inserts as one multi-row INSERT unless a key is
+already there.  ``--queue-timeout`` is PyMySQL's connect, read and write timeout.  Every
 statement is parameterised (gearmand's libdrizzle module built its SQL as text).  A lost
 connection is re-opened once and the statement retried (gearmand pings first).  A duplicate
 (unique, function) replaces the row; because the columns use the server's default,
 case-insensitive collation, a *different* key that collides under it (``A`` vs ``a``)
-refuses the new job rather than overwriting the other one.  A table without when_to_run
+refuses the new job rather than overwriting the other one.  Statements match a key
+byte-exactly with ``column = BINARY %s``, which the unique index serves (``BINARY column``
+on the column side would scan the whole table).  A table without when_to_run
 (older layout) makes epoch jobs refused, for both names.  unique/function must be UTF-8.
 ``localhost`` (or no host) means the local Unix socket when it exists, as with
 libmysqlclient; an empty ``--libdrizzle-uds`` counts as none.
@@ -30,11 +35,12 @@ libmysqlclient; an empty ``--libdrizzle-uds`` counts as none.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Mapping, Tuple, Type
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Sequence,
+                    Tuple, Type)
 
 from ..errors import QueueError
 from ..options import SWITCH, Option, queue_row
-from .base import Driver, StoredJob, one_line, stored_priority
+from .base import Driver, Key, Refused, StoredJob, one_line, stored_priority
 from .dbapi import DbApiQueue
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,7 +66,11 @@ OPTIONS: Tuple[Option, ...] = (
               "nothing, as in gearmand).", DRIZZLE),
 )
 DRIVER = Driver("pymysql", "PyMySQL", "mysql", "python3-pymysql")
-CONNECT_TIMEOUT_S = 5
+NOT_UTF8 = "unique and function must be UTF-8 for MySQL"
+COLLIDES = "unique key collides with another job's under the table's collation"
+NO_EPOCH = "this table has no when_to_run column"
+#: Byte-exact match of a stored key that the unique index serves.
+KEY_MATCH = "unique_key = BINARY %s AND function_name = BINARY %s"
 SOCKETS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
 ER_DUP_ENTRY = 1062
 
@@ -68,6 +78,8 @@ ER_DUP_ENTRY = 1062
 #: MySQL client errors meaning the connection is gone (CR_SERVER_GONE_ERROR, CR_SERVER_LOST,
 #: CR_SERVER_LOST_EXTENDED) or was never there (0).
 LOST_CONNECTION_CODES = (0, 2006, 2013, 2055)
+#: What PyMySQL's message says when a read or write hit its timeout.
+TIMED_OUT = "timed out"
 
 
 def quote_ident(name: str) -> str:
@@ -79,10 +91,11 @@ class MysqlQueue(DbApiQueue):
     durable = True
 
     def __init__(self, host: str, port: int, user: str, password: str, db: str, table: str,
-                 drizzle: bool = False, unix_socket: str = "") -> None:
+                 timeout: float, drizzle: bool = False, unix_socket: str = "") -> None:
         import pymysql
 
         self._my = pymysql
+        self.timeout = timeout
         self.host, self.port, self.user, self.password = host, port, user, password
         self.db, self.table, self.drizzle = db, table, drizzle
         self.unix_socket = unix_socket
@@ -96,9 +109,9 @@ class MysqlQueue(DbApiQueue):
         self._sql_add = (f"INSERT INTO {t} (unique_key, function_name, priority, data, "
                          "when_to_run) VALUES (%s, %s, %s, %s, %s)")
         self._sql_update = (f"UPDATE {t} SET priority = %s, data = %s, when_to_run = %s "
-                            "WHERE BINARY unique_key = %s AND BINARY function_name = %s")
-        self._sql_done = (f"DELETE FROM {t} WHERE BINARY unique_key = %s "
-                          "AND BINARY function_name = %s")
+                            f"WHERE {KEY_MATCH}")
+        self._sql_done = f"DELETE FROM {t} WHERE {KEY_MATCH}"
+        self._sql_exists = f"SELECT 1 FROM {t} WHERE {KEY_MATCH}"
         self._sql_replay = (f"SELECT unique_key, function_name, data, priority, when_to_run "
                             f"FROM {t}")
         when_type = "BIGINT" if drizzle else "INT"
@@ -109,7 +122,8 @@ class MysqlQueue(DbApiQueue):
     # ---- lifecycle -----------------------------------------------------------------
     def _connect(self) -> Any:
         kwargs: dict = dict(user=self.user, password=self.password, autocommit=True,
-                            charset="utf8mb4", connect_timeout=CONNECT_TIMEOUT_S,
+                            charset="utf8mb4", connect_timeout=self.timeout,
+                            read_timeout=self.timeout, write_timeout=self.timeout,
                             binary_prefix=True)
         if self.unix_socket:
             kwargs["unix_socket"] = self.unix_socket
@@ -148,8 +162,7 @@ class MysqlQueue(DbApiQueue):
             t = self.qtable
             self._sql_add = (f"INSERT INTO {t} (unique_key, function_name, priority, data) "
                              "VALUES (%s, %s, %s, %s)")
-            self._sql_update = (f"UPDATE {t} SET priority = %s, data = %s WHERE "
-                                "BINARY unique_key = %s AND BINARY function_name = %s")
+            self._sql_update = f"UPDATE {t} SET priority = %s, data = %s WHERE {KEY_MATCH}"
             self._sql_replay = f"SELECT unique_key, function_name, data, priority, 0 FROM {t}"
 
     def _driver_error(self) -> Type[BaseException]:
@@ -159,36 +172,78 @@ class MysqlQueue(DbApiQueue):
         return (self._my.OperationalError, self._my.InterfaceError)
 
     def _is_lost(self, exc: BaseException) -> bool:
+        """A dropped connection is worth one immediate retry; a timed-out one is not (the
+        server is hung: the caller reports it, and retries later itself)."""
+        if TIMED_OUT in str(exc):
+            return False
         code = exc.args[0] if exc.args else 0
         return code in LOST_CONNECTION_CODES or isinstance(exc, self._my.InterfaceError)
 
     # ---- the contract --------------------------------------------------------------
-    def add(self, job: StoredJob) -> None:
+    def _row(self, job: StoredJob) -> tuple:
+        """The INSERT arguments; raises QueueError for a job this table cannot hold."""
         try:
             unique, function = job.unique.decode(), job.function.decode()
         except UnicodeDecodeError:
-            raise QueueError("unique and function must be UTF-8 for MySQL") from None
-        epoch = self.supports_epoch
-        if job.when and not epoch:
-            raise QueueError("this table has no when_to_run column")
+            raise QueueError(NOT_UTF8) from None
+        if job.when and not self.supports_epoch:
+            raise QueueError(NO_EPOCH)
+        row: tuple = (unique, function, job.priority, job.data)
+        return row + (job.when,) if self.supports_epoch else row
 
-        def insert(cur: Any) -> None:
-            args: tuple = (unique, function, job.priority, job.data)
+    def _upsert(self, cur: Any, row: tuple) -> None:
+        """INSERT one row; on a duplicate key, update the byte-identical row (QueueError
+        when the duplicate is another key equal only under the collation)."""
+        try:
+            cur.execute(self._sql_add, row)
+            return
+        except self._my.IntegrityError as exc:
+            if not exc.args or exc.args[0] != ER_DUP_ENTRY:
+                raise
+        key = row[:2]
+        if cur.execute(self._sql_update, row[2:] + key) == 0:
+            # Did the statement match the exact key (same values: 0 rows changed)?
+            cur.execute(self._sql_exists, key)
+            if cur.fetchone() is None:
+                raise QueueError(COLLIDES)
+
+    def add(self, job: StoredJob) -> None:
+        row = self._row(job)
+        self._run(lambda cur: self._upsert(cur, row))
+
+    def commit(self, adds: Sequence[StoredJob], dones: Sequence[Key]) -> Refused:
+        refused: Refused = {}
+        rows: List[Tuple[int, tuple]] = []
+        for i, job in enumerate(adds):
             try:
-                cur.execute(self._sql_add, args + ((job.when,) if epoch else ()))
+                rows.append((i, self._row(job)))
+            except QueueError as exc:
+                refused[i] = str(exc)
+        keys = []
+        for unique, function in dones:
+            try:
+                keys.append((unique.decode(), function.decode()))
+            except UnicodeDecodeError:
+                continue
+
+        def write(cur: Any) -> None:
+            for key in keys:
+                cur.execute(self._sql_done, key)
+            if not rows:
+                return
+            try:               # one multi-row INSERT; rolled back alone on a duplicate
+                cur.executemany(self._sql_add, [row for _, row in rows])
                 return
             except self._my.IntegrityError as exc:
                 if not exc.args or exc.args[0] != ER_DUP_ENTRY:
                     raise
-            upd: tuple = (job.priority, job.data) + ((job.when,) if epoch else ())
-            if cur.execute(self._sql_update, upd + (unique, function)) == 0:
-                # Did the statement match the exact key (same values: 0 rows changed)?
-                cur.execute(f"SELECT 1 FROM {self.qtable} WHERE BINARY unique_key = %s "
-                            "AND BINARY function_name = %s", (unique, function))
-                if cur.fetchone() is None:
-                    raise QueueError("unique key collides with another job's under the "
-                                     "table's collation")
-        self._run(insert)
+            for i, row in rows:
+                try:
+                    self._upsert(cur, row)
+                except QueueError as exc:
+                    refused[i] = str(exc)
+        self._transaction(write)
+        return refused
 
     def flush(self) -> None:
         pass
@@ -225,14 +280,16 @@ def _libdrizzle(settings: Settings) -> MysqlQueue:
     opt = settings.queue_text
     return MysqlQueue(opt("libdrizzle-host"), settings.queue_int("libdrizzle-port"),
                       opt("libdrizzle-user"), opt("libdrizzle-password"), opt("libdrizzle-db"),
-                      opt("libdrizzle-table"), drizzle=True, unix_socket=opt("libdrizzle-uds"))
+                      opt("libdrizzle-table"), float(settings.queue_timeout), drizzle=True,
+                      unix_socket=opt("libdrizzle-uds"))
 
 
 def _mysql(settings: Settings) -> MysqlQueue:
     """No --mysql-user/-password/-db: empty, the server's defaults (libmysqlclient's NULL)."""
     opt = settings.queue_text
     return MysqlQueue(opt("mysql-host"), settings.queue_int("mysql-port"), opt("mysql-user"),
-                      opt("mysql-password"), opt("mysql-db"), opt("mysql-table"))
+                      opt("mysql-password"), opt("mysql-db"), opt("mysql-table"),
+                      float(settings.queue_timeout))
 
 
 #: -q name -> how that name reads its options

@@ -1,6 +1,6 @@
 """`-q postgres` (alias `libpq`): background jobs in a PostgreSQL table (psycopg2).
 
-Thread: the processing thread only (``open``/``replay`` run on the main thread before it
+Thread: the store thread (store.py; ``open``/``replay`` run on the main thread before it
 starts, ``close`` after it stopped; the connection is never used by two threads at once).
 
 Layout (gearmand 1.1.20's DDL, libgearman-server/plugins/queue/postgres/queue.cc; created
@@ -11,7 +11,16 @@ when the table is missing)::
 
 Options: ``--libpq-conninfo`` (a libpq connection string; empty = the PG* environment
 variables) and ``--libpq-table``; their defaults are in ``OPTIONS``. The connection is in
-autocommit mode, so add() has committed when it returns (flush() has nothing left to do).
+autocommit mode, so add() has committed when it returns (flush() has nothing left to do);
+commit() runs a unit's deletes and upserts between BEGIN and COMMIT, in pages of
+statements per round trip (psycopg2.extras.execute_batch), durable as PostgreSQL's COMMIT
+is (synchronous_commit).
+
+Timeouts (``--queue-timeout``): psycopg2 has no socket timeout, so the module installs a
+wait callback (psycopg2.extensions.set_wait_callback: libpq in non-blocking mode, the
+socket polled here) that gives up when the server sends nothing for that long - a stalled
+server or network cannot hold the store thread; the connection is then dropped.  Also
+``connect_timeout`` and ``statement_timeout`` unless the conninfo sets them.
 
 Fixed gearmand bugs, same format: done() is parameterised (a unique containing ``'``
 works); replay reads priority and when_to_run as the numbers they are (gearmand reads the
@@ -23,13 +32,15 @@ VARCHAR columns in a UTF8 database; anything else refuses that job (QUEUE_ERROR)
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Tuple, Type
+import select
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Sequence, Tuple, Type
 
 from ..errors import QueueError
 from ..options import Option, queue_row
-from .base import Driver, StoredJob, one_line, stored_priority
+from .base import Driver, Key, Refused, StoredJob, one_line, stored_priority
 from .dbapi import DbApiQueue
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,21 +54,55 @@ OPTIONS: Tuple[Option, ...] = (
     queue_row("libpq-table", "str", "queue", "Table to use.", SECTION),
 )
 DRIVER = Driver("psycopg2", "psycopg2", "postgres", "python3-psycopg2")
-CONNECT_TIMEOUT_S = 5
+#: Statements sent per round trip by commit().
+PAGE_SIZE = 200
+NOT_UTF8 = "unique and function must be UTF-8 for PostgreSQL"
+NUL_TEXT = "unique and function cannot contain NUL bytes in PostgreSQL"
+
+
+def wait_with_timeout(conn: Any) -> None:
+    """psycopg2 wait callback: drive libpq until the operation completes; raise
+    OperationalError when the server is silent for ``conn.io_timeout`` seconds."""
+    import psycopg2
+    import psycopg2.extensions as ext
+
+    timeout = getattr(conn, "io_timeout", None)
+    poller = select.poll()
+    fd = conn.fileno()
+    registered = 0
+    while True:
+        state = conn.poll()
+        if state == ext.POLL_OK:
+            return
+        events = select.POLLIN if state == ext.POLL_READ else select.POLLOUT
+        if events != registered:
+            if registered:
+                poller.modify(fd, events)
+            else:
+                poller.register(fd, events)
+            registered = events
+        if not poller.poll(None if timeout is None else timeout * 1000):
+            raise psycopg2.OperationalError(f"no answer from the server in {timeout:g} s")
 
 
 class PostgresQueue(DbApiQueue):
     supports_epoch = True
     durable = True
 
-    def __init__(self, conninfo: str, table: str) -> None:
+    def __init__(self, conninfo: str, table: str, timeout: float) -> None:
         import psycopg2
         import psycopg2.errors
         import psycopg2.extensions
+        import psycopg2.extras
         from psycopg2 import sql
 
         self._pg = psycopg2
+        self._execute_batch = psycopg2.extras.execute_batch
         self.conninfo = conninfo
+        self.timeout = timeout
+        psycopg2.extensions.set_wait_callback(wait_with_timeout)
+        self._factory = type("TimedConnection", (psycopg2.extensions.connection,),
+                             {"io_timeout": timeout})
         self._conn: Any = None
         if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
             table = table.lower()     # what PostgreSQL does with gearmand's unquoted name
@@ -89,9 +134,11 @@ class PostgresQueue(DbApiQueue):
         self.where = f"{host}:{port}"
 
     def _connect(self) -> Any:
-        kwargs = {}
+        kwargs: Dict[str, Any] = {"connection_factory": self._factory}
         if "connect_timeout" not in self._params and not os.environ.get("PGCONNECT_TIMEOUT"):
-            kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+            kwargs["connect_timeout"] = max(2, math.ceil(self.timeout))
+        if "options" not in self._params and not os.environ.get("PGOPTIONS"):
+            kwargs["options"] = f"-c statement_timeout={int(self.timeout * 1000)}"
         conn = self._pg.connect(self.conninfo, **kwargs)
         conn.autocommit = True
         return conn
@@ -141,6 +188,39 @@ class PostgresQueue(DbApiQueue):
     def flush(self) -> None:
         pass
 
+    def commit(self, adds: Sequence[StoredJob], dones: Sequence[Key]) -> Refused:
+        refused: Refused = {}
+        rows: List[tuple] = []
+        for i, job in enumerate(adds):
+            try:
+                unique, function = job.unique.decode(), job.function.decode()
+            except UnicodeDecodeError:
+                refused[i] = NOT_UTF8
+                continue
+            if "\0" in unique or "\0" in function:
+                refused[i] = NUL_TEXT
+                continue
+            rows.append((unique, function, job.priority, self._pg.Binary(job.data), job.when))
+        keys = []
+        for unique_b, function_b in dones:
+            try:
+                keys.append((unique_b.decode(), function_b.decode()))
+            except UnicodeDecodeError:
+                continue     # could never have been stored
+
+        def write(cur: Any) -> None:
+            if keys:
+                self._execute_batch(cur, self._sql_done, keys, page_size=PAGE_SIZE)
+            if rows:
+                self._execute_batch(cur, self._sql_add, rows, page_size=PAGE_SIZE)
+        try:
+            self._transaction(write)
+        except self._pg.errors.InvalidColumnReference:
+            # A table without the UNIQUE constraint: no upsert possible, plain INSERT.
+            self._sql_add = self._sql_insert
+            self._transaction(write)
+        return refused
+
     def done(self, unique: bytes, function: bytes) -> None:
         try:
             args = (unique.decode(), function.decode())
@@ -165,4 +245,4 @@ def validate(values: Mapping[str, object]) -> None:
 def create(settings: Settings) -> PostgresQueue:
     """An empty or absent --libpq-conninfo leaves everything to libpq's PG* variables."""
     return PostgresQueue(settings.queue_text("libpq-conninfo"),
-                         settings.queue_text("libpq-table"))
+                         settings.queue_text("libpq-table"), float(settings.queue_timeout))

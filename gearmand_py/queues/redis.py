@@ -1,6 +1,6 @@
 """`-q redis`: background jobs as Redis hashes, gearmand's key layout (redis-py).
 
-Thread: the processing thread only (``open``/``replay`` run on the main thread before it
+Thread: the store thread (store.py; ``open``/``replay`` run on the main thread before it
 starts, ``close`` after it stopped).
 
 Options: ``--redis-server``, ``--redis-port`` (a number; anything else reads as 0, like
@@ -19,15 +19,21 @@ Fixed gearmand bugs, same format: NUL bytes in data survive replay (gearmand cop
 strdup); SCAN replaces KEYS.  Redis cannot store epoch jobs (``supports_epoch`` False: the
 engine refuses them with ERROR QUEUE_ERROR).  Durability is whatever the Redis server's
 persistence settings give: the HSET has been acknowledged before JOB_CREATED.
+
+commit() sends a unit as ONE pipeline in MULTI/EXEC (one round trip): a DEL of every done
+key, then one HSET per add; a command Redis refuses (WRONGTYPE on a key another program
+holds) refuses that job alone.  ``--queue-timeout`` is redis-py's connect and socket
+timeout, and redis-py's own retries are off (``Retry(NoBackoff(), 0)``): a write that
+fails or times out fails its unit at once, and the next unit reconnects.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Tuple
 
 from ..errors import QueueError
 from ..options import Option, queue_row
-from .base import NORMAL, Driver, StoredJob, one_line, stored_priority
+from .base import NORMAL, Driver, Key, Refused, StoredJob, one_line, stored_priority
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import Settings
@@ -45,8 +51,6 @@ OPTIONS: Tuple[Option, ...] = (
               show_default=False),
 )
 DRIVER = Driver("redis", "redis", "redis", "python3-redis")
-CONNECT_TIMEOUT_S = 5.0
-SOCKET_TIMEOUT_S = 30.0
 SCAN_COUNT = 1000
 
 
@@ -63,11 +67,13 @@ class RedisQueue:
     supports_epoch = False
     durable = True
 
-    def __init__(self, host: str, port: int, password: str, prefix: str) -> None:
+    def __init__(self, host: str, port: int, password: str, prefix: str,
+                 timeout: float) -> None:
         import redis
 
         self._redis = redis
         self.host, self.port, self.password = host, port, password
+        self.timeout = timeout
         self.prefix = prefix.encode("utf-8", "surrogateescape")
         self._key_head = self.prefix + b"-"
         self._client: Any = None
@@ -76,10 +82,14 @@ class RedisQueue:
         return b"%s%s-%s" % (self._key_head, function, unique)
 
     def open(self) -> None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         client = self._redis.Redis(host=self.host, port=self.port,
                                    password=self.password or None,
-                                   socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                   socket_timeout=SOCKET_TIMEOUT_S)
+                                   socket_connect_timeout=self.timeout,
+                                   socket_timeout=self.timeout,
+                                   retry=Retry(NoBackoff(), 0))
         try:
             client.ping()
         except self._redis.RedisError as exc:
@@ -107,6 +117,37 @@ class RedisQueue:
 
     def flush(self) -> None:
         pass
+
+    def commit(self, adds: Sequence[StoredJob], dones: Sequence[Key]) -> Refused:
+        client = self._c()
+        refused: Refused = {}
+        pipe = client.pipeline(transaction=True)
+        if dones:
+            pipe.delete(*[self.key(unique, function) for unique, function in dones])
+        slots = []
+        for i, job in enumerate(adds):
+            if job.when:
+                refused[i] = "redis cannot store epoch jobs"
+                continue
+            pipe.hset(self.key(job.unique, job.function), mapping={
+                b"data": job.data, b"priority": b"%d" % job.priority,
+                b"function": job.function, b"unique": job.unique})
+            slots.append(i)
+        try:
+            if not dones and not slots:
+                client.ping()                  # a probe: is the store back?
+                return refused
+            results = pipe.execute(raise_on_error=False)
+        except self._redis.RedisError:
+            client.connection_pool.disconnect()    # the next unit reconnects
+            raise
+        finally:
+            pipe.reset()
+        results = results[1:] if dones else results
+        for i, result in zip(slots, results):
+            if isinstance(result, Exception):
+                refused[i] = one_line(result)
+        return refused
 
     def done(self, unique: bytes, function: bytes) -> None:
         self._c().delete(self.key(unique, function))
@@ -154,4 +195,5 @@ def validate(values: Mapping[str, object]) -> None:
 
 def create(settings: Settings) -> RedisQueue:
     return RedisQueue(settings.queue_text("redis-server"), _atoi(settings.queue_text("redis-port")),
-                      settings.queue_text("redis-password"), settings.queue_text("redis-prefix"))
+                      settings.queue_text("redis-password"), settings.queue_text("redis-prefix"),
+                      float(settings.queue_timeout))

@@ -1,7 +1,7 @@
 """`-q libsqlite3`: background jobs in an SQLite table, C gearmand's layout (stdlib sqlite3).
 
-Thread: the processing thread only.  ``open()`` and ``replay()`` run on the main thread
-before the processing thread starts, and ``save_on_shutdown()``/``close()`` after it has
+Thread: the store thread (store.py).  ``open()`` and ``replay()`` run on the main thread
+before the store thread starts, and ``save_on_shutdown()``/``close()`` after it has
 stopped, so the connection is opened with ``check_same_thread=False`` but never shared.
 
 Options: ``--libsqlite3-db`` (required), ``--libsqlite3-table`` (``gearman_queue``) and
@@ -17,7 +17,8 @@ unique_key/function_name are bound as TEXT (``CAST(? AS TEXT)`` over the raw byt
 any byte string is stored exactly as gearmand's ``sqlite3_bind_text`` stores it), data as a
 BLOB, priority and when_to_run as integers.  add() is ``INSERT OR REPLACE`` inside a
 ``BEGIN`` that flush() commits: the job is durable (synchronous=FULL, sqlite's default)
-before JOB_CREATED is sent.
+before JOB_CREATED is sent.  commit() writes a unit's deletes and inserts in ONE
+transaction: one fsync (synchronous=FULL) for the whole group.
 
 Fixed gearmand bugs, same format: every statement is parameterised; empty data is stored
 as a zero-length BLOB, not NULL (gearmand then refuses to replay the row), and a NULL
@@ -32,11 +33,11 @@ in memory to ``save_on_shutdown()`` when it stops (a SIGKILL loses them, by desi
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, QueueError
 from ..options import SWITCH, Option, queue_row
-from .base import StoredJob, stored_priority
+from .base import Key, Refused, StoredJob, stored_priority
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import Settings
@@ -169,6 +170,27 @@ class SqliteQueue:
                 self._rollback()
                 raise
             self._in_txn = False
+
+    def commit(self, adds: Sequence[StoredJob], dones: Sequence[Key]) -> Refused:
+        if self.store_on_shutdown:
+            return {}
+        db = self._conn()
+        self.flush()
+        db.execute("BEGIN")
+        self._in_txn = True
+        epoch = self.supports_epoch
+        try:
+            if dones:
+                db.executemany(self._sql_done, dones)
+            if adds:
+                db.executemany(self._sql_add, [
+                    (job.priority, job.unique, job.function, job.data)
+                    + ((job.when,) if epoch else ()) for job in adds])
+        except sqlite3.Error:
+            self._rollback()
+            raise
+        self.flush()
+        return {}
 
     def done(self, unique: bytes, function: bytes) -> None:
         if self.store_on_shutdown:

@@ -1,6 +1,6 @@
 """`-q libtokyocabinet`: background jobs in a Tokyo Cabinet database (ctypes over the ADB API).
 
-Thread: the processing thread only (``open``/``replay`` run on the main thread before it
+Thread: the store thread (store.py; ``open``/``replay`` run on the main thread before it
 starts, ``close`` after it stopped).  No Python binding exists, so the system library
 (Debian: libtokyocabinet9) is bound with ctypes: tcadbnew, tcadbopen, tcadbput, tcadbout,
 tcadbsync, tcadbiterinit, tcadbiternext, tcadbget, tcadboptimize, tcadbclose, tcadbdel.
@@ -14,8 +14,10 @@ Layout (gearmand's, libgearman-server/plugins/queue/tokyocabinet/queue.cc): key
 ``<function>-<unique>``; value ``function\\0unique\\0<P><when>\\0data`` where P is one ASCII
 digit (0 HIGH, 1 NORMAL, 2 LOW) immediately followed by the decimal when (``10`` = NORMAL,
 now). add() is tcadbput and flush() tcadbsync (the job is on disk before JOB_CREATED);
-done() is tcadbout. Replay parses the value, not the key, so hyphenated names and any bytes
-survive.
+done() is tcadbout; commit() does a unit's tcadbout and tcadbput calls, then ONE tcadbsync
+(the batch is on disk before any of its JOB_CREATED; a failed unit may leave some of its
+records written, never acknowledged: they replay after a restart). Replay parses the
+value, not the key, so hyphenated names and any bytes survive.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Mapping, Optional, Sequen
 
 from ..errors import ConfigError, QueueError
 from ..options import SWITCH, Option, queue_row
-from .base import StoredJob, stored_priority
+from .base import Key, Refused, StoredJob, stored_priority
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import Settings
@@ -159,6 +161,14 @@ class TokyoCabinetQueue:
     def done(self, unique: bytes, function: bytes) -> None:
         key = self.key(unique, function)
         self.lib.tcadbout(self._db(), key, len(key))   # a missing key is fine
+
+    def commit(self, adds: Sequence[StoredJob], dones: Sequence[Key]) -> Refused:
+        for unique, function in dones:
+            self.done(unique, function)
+        for job in adds:
+            self.add(job)
+        self.flush()
+        return {}
 
     def _take(self, ptr: Optional[int], size: ctypes.c_int) -> Optional[bytes]:
         if not ptr:
