@@ -65,15 +65,8 @@ def _submit(engine: Engine, conn: Peer, name: bytes, unique: bytes, data: bytes,
 
 
 def _submitter(priority: int, background: bool) -> Handler:
-    """SUBMIT_JOB and its priority/background variants: ``_submit`` inlined (the hot path)."""
     def submit(engine: Engine, conn: Peer, args: Args) -> None:
-        try:
-            job = engine.submit(conn, args[0], args[1], args[2], priority, background)
-        except EngineError as exc:
-            engine.error(conn, exc.code, exc.text)
-            return
-        handle = job.handle
-        engine.send(conn, _header(_JOB_CREATED, len(handle)) + handle)
+        _submit(engine, conn, args[0], args[1], args[2], priority, background)
     return submit
 
 

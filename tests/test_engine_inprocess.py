@@ -45,16 +45,21 @@ def parse(data: bytes) -> List[Packet]:
     return out
 
 
+def engine_options(**overrides: Any) -> EngineOptions:
+    """The engine options of a default server (1.1 mode), with ``overrides``."""
+    opts: Dict[str, Any] = dict(handle_prefix="H:unit", round_robin=False,
+                                priority_global=False, worker_wakeup=0, job_retries=0,
+                                exceptions=False, verbose="ERROR", version="1.1.20",
+                                error_log_level=logging.WARNING, hashtable_buckets=1)
+    opts.update(overrides)
+    return EngineOptions(**opts)
+
+
 class Harness:
     """The I/O-thread side of the thread protocol, driven by the test."""
 
     def __init__(self, **overrides: Any) -> None:
-        opts: Dict[str, Any] = dict(handle_prefix="H:unit", round_robin=False,
-                                    priority_global=False, worker_wakeup=0, job_retries=0,
-                                    exceptions=False, verbose="ERROR", version="1.1.20",
-                                    error_log_level=logging.WARNING, hashtable_buckets=1)
-        opts.update(overrides)
-        self.engine = Engine(EngineOptions(**opts), BuiltinQueue())
+        self.engine = Engine(engine_options(**overrides), BuiltinQueue())
         self.processor = Processor(self.engine)
         self.decoders: Dict[int, Decoder] = {}
         self.io: Dict[int, int] = {}

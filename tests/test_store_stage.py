@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from gearmand_py.engine import Engine, EngineOptions
+from gearmand_py.engine import Engine
 from gearmand_py.messages import STOP, STORE, STORED
 from gearmand_py.processor import Processor
 from gearmand_py.protocol.codec import Decoder
@@ -27,7 +27,7 @@ from gearmand_py.queues.base import NORMAL, StoredJob
 from gearmand_py.queues.sqlite import SqliteQueue
 from gearmand_py.store import StoreStage, StoreThread
 from gearproto import pack
-from test_engine_inprocess import Harness
+from test_engine_inprocess import Harness, engine_options
 
 TABLE = "gearman_queue"
 
@@ -39,11 +39,8 @@ class StoreHarness(Harness):
         self.backend = SqliteQueue(path, TABLE)
         self.backend.open()
         self.posted: List[Tuple[Any, ...]] = []
-        opts: Dict[str, Any] = dict(handle_prefix="H:unit", round_robin=False,
-                                    worker_wakeup=0, job_retries=0, exceptions=False,
-                                    verbose="ERROR", hashtable_buckets=1,
-                                    queue_name="libsqlite3", queue_timeout=queue_timeout)
-        self.engine = Engine(EngineOptions(**opts), self.backend, self.posted.append)
+        options = engine_options(queue_name="libsqlite3", queue_timeout=queue_timeout)
+        self.engine = Engine(options, self.backend, self.posted.append)
         self.processor = Processor(self.engine)
         self.stage = StoreStage(self.backend, "libsqlite3", queue_timeout)
         self.decoders: Dict[int, Decoder] = {}

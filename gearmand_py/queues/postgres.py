@@ -60,6 +60,10 @@ NOT_UTF8 = "unique and function must be UTF-8 for PostgreSQL"
 NUL_TEXT = "unique and function cannot contain NUL bytes in PostgreSQL"
 
 
+#: How a wait that ran out of time reads (wait_with_timeout).
+NO_ANSWER = "no answer from the server in"
+
+
 def wait_with_timeout(conn: Any) -> None:
     """psycopg2 wait callback: drive libpq until the operation completes; raise
     OperationalError when the server is silent for ``conn.io_timeout`` seconds."""
@@ -82,7 +86,7 @@ def wait_with_timeout(conn: Any) -> None:
                 poller.register(fd, events)
             registered = events
         if not poller.poll(None if timeout is None else timeout * 1000):
-            raise psycopg2.OperationalError(f"no answer from the server in {timeout:g} s")
+            raise psycopg2.OperationalError(f"{NO_ANSWER} {timeout:g} s")
 
 
 class PostgresQueue(DbApiQueue):
@@ -170,7 +174,9 @@ class PostgresQueue(DbApiQueue):
         return self._conn is not None and not self._conn.closed
 
     def _is_lost(self, exc: BaseException) -> bool:
-        return not self._usable()
+        """A dropped connection is worth one immediate retry; a silent server is not (it is
+        hung: the caller reports it, and the store thread retries later itself)."""
+        return not self._usable() and NO_ANSWER not in str(exc)
 
     def add(self, job: StoredJob) -> None:
         try:
