@@ -22,6 +22,7 @@ replayed jobs are and run (at-least-once).
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 import heapq
 import logging
 import os
@@ -93,7 +94,8 @@ class StoreUnit:
         self.jobs: List[Job] = []              # adds[i] stores jobs[i]
         self.adds: List[StoredJob] = []
         self.dones: List[Key] = []
-        self.waiters: List[Tuple[Peer, Job]] = []   # background submits to answer
+        #: background submits to answer: (client, job, its place in the client's replies)
+        self.waiters: List[Tuple[Peer, Job, List[Optional[bytes]]]] = []
         self.expired = False                   # refused after queue_timeout
 
 
@@ -142,10 +144,37 @@ class Engine:
         return self._seq
 
     def send(self, conn: Peer, data: bytes) -> None:
+        if conn.pending:                 # behind a JOB_CREATED that waits for the store
+            conn.pending.append(data)
+            return
         out = self.out.get(conn.io_id)
         if out is None:
             out = self.out[conn.io_id] = []
         out.append((conn.id, data))
+
+    def _hold(self, conn: Peer) -> List[Optional[bytes]]:
+        """A place in the connection's reply order for a reply not known yet (a JOB_CREATED
+        that waits for its store commit): later replies queue behind it."""
+        slot: List[Optional[bytes]] = [None]
+        if conn.pending is None:
+            conn.pending = deque()
+        conn.pending.append(slot)
+        return slot
+
+    def _release(self, conn: Peer) -> None:
+        """Send the connection's queued replies up to the next reply not known yet."""
+        pending = conn.pending
+        assert pending is not None
+        conn.pending = None              # so send() below goes out
+        while pending:
+            item = pending[0]
+            if item.__class__ is list:
+                if item[0] is None:      # type: ignore[index]
+                    break
+                item = item[0]           # type: ignore[index]
+            pending.popleft()
+            self.send(conn, item)        # type: ignore[arg-type]
+        conn.pending = pending or None
 
     def close(self, conn: Peer) -> None:
         """Forget the connection and have its I/O thread close it after pending replies."""
@@ -342,7 +371,7 @@ class Engine:
         if unit is None:
             self.send(conn, pack(Cmd.JOB_CREATED, job.handle))
         else:
-            unit.waiters.append((conn, job))
+            unit.waiters.append((conn, job, self._hold(conn)))
 
     def post_unit(self) -> None:
         """End of round: hand the open unit to the store thread."""
@@ -386,14 +415,14 @@ class Engine:
                 self._enqueue(job)
             else:
                 self._orphan(job)
-        for conn, job in unit.waiters:
-            if conn.id not in self.conns:
-                continue
+        for conn, job, slot in unit.waiters:
             why = reasons.get(job)
             if why is None:
-                self.send(conn, pack(Cmd.JOB_CREATED, job.handle))
+                slot[0] = pack(Cmd.JOB_CREATED, job.handle)
             else:
-                self.send(conn, pack(Cmd.ERROR, b"QUEUE_ERROR", why.encode("utf-8", "replace")))
+                slot[0] = pack(Cmd.ERROR, b"QUEUE_ERROR", why.encode("utf-8", "replace"))
+            if conn.id in self.conns:
+                self._release(conn)
 
     def _enqueue(self, job: Job) -> None:
         """Make a stored job visible to workers."""

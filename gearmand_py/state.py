@@ -56,7 +56,7 @@ class Peer:
 
     __slots__ = ("id", "io_id", "fd", "ip", "port", "client_id", "abilities", "sleeping",
                  "noop_sent", "exceptions", "held", "listening", "seq", "congested", "holding",
-                 "pausers")
+                 "pausers", "pending")
 
     def __init__(self, conn_id: int, io_id: int, fd: int, ip: str, port: int, seq: int,
                  exceptions: bool) -> None:
@@ -79,6 +79,9 @@ class Peer:
         self.congested = False
         self.holding: Optional[Set[Peer]] = None
         self.pausers: Optional[Set[Peer]] = None
+        # Replies queued behind a JOB_CREATED that waits for its store commit (engine.send):
+        # packets, and one-element lists for replies not known yet.  None when empty.
+        self.pending: Optional[Deque[object]] = None
 
 
 class Function:

@@ -200,8 +200,9 @@ def test_cancel_before_commit_deletes_the_row_afterwards(sh: StoreHarness) -> No
     c = sh.connect()
     submit_bg(sh, c, "gone")
     units = sh.units()
-    [handle] = [line.split(b"\t")[0] for line in sh.admin(c, "show jobs").splitlines()[:-1]]
-    assert sh.admin(c, "cancel job " + handle.decode()) == b"OK\r\n"
+    a = sh.connect()        # c's replies wait behind its JOB_CREATED: ask on another one
+    [handle] = [line.split(b"\t")[0] for line in sh.admin(a, "show jobs").splitlines()[:-1]]
+    assert sh.admin(a, "cancel job " + handle.decode()) == b"OK\r\n"
     sh.commit(units)
     assert sh.rows() == [(b"f", b"gone")]
     sh.commit(sh.units())                           # the done that follows
@@ -272,3 +273,20 @@ def test_unit_past_its_deadline_is_not_written(tmp_path: Any) -> None:
     h.processor.stored(outcomes)
     assert h.rows() == []                           # "kept" deleted, "never" not written
     assert h.grab(w).name == "NO_JOB"
+
+
+def test_replies_keep_request_order_behind_a_held_job_created(sh: StoreHarness) -> None:
+    """Pipelined on one connection: a new bg job (waits for the store), then an ECHO and a
+    duplicate of an already stored job; the answers come in request order."""
+    c = sh.connect()
+    submit_bg(sh, c, "stored")
+    sh.commit(sh.units())
+    [first] = sh.replies()[c]
+    sh.req(c, "SUBMIT_JOB_BG", "f", "new", b"data-new")
+    sh.req(c, "ECHO_REQ", b"ping")
+    sh.req(c, "SUBMIT_JOB_BG", "f", "stored", b"data-stored")
+    assert sh.replies().get(c) is None            # all three wait for the first
+    sh.commit(sh.units())
+    got = sh.replies()[c]
+    assert [p.name for p in got] == ["JOB_CREATED", "ECHO_RES", "JOB_CREATED"]
+    assert got[2].args[0] == first.args[0]        # the duplicate's handle, in its place
