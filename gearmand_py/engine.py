@@ -3,6 +3,10 @@
 Processing thread only.  Handlers (handlers.py, admin.py) call these operations; replies
 are appended to ``self.out`` per I/O thread (``Reply`` tuples of messages.py) and taken by
 the processor after each round.  It reads no settings: server.py gives it EngineOptions.
+
+Counters for the metrics endpoint are plain ints bumped where the engine already works
+(state.FunctionStats, queues.base.QueueStats, ``packets``); the histograms use ``now``, the
+monotonic clock read once per round by the processor, so no job pays for a clock call.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from .log import NOTICE
 from .messages import PAUSE_READ, RESUME_READ, Reply
 from .protocol.codec import pack
 from .protocol.commands import Cmd
-from .queues.base import QueueBackend, StoredJob
-from .state import NO_CLIENTS, Ability, Function, Job, Peer
+from .protocol.commands import COMMANDS
+from .queues.base import QueueBackend, QueueStats, StoredJob, one_line
+from .state import (HIST_FINITE, HIST_SCALE, NO_CLIENTS, Ability, Function, Job, Peer,
+                    submit_slot)
 
 log = logging.getLogger("gearmand")
 
@@ -83,6 +89,14 @@ class Engine:
         #: False for the builtin queue: nothing to store, skip building records.
         self.durable = getattr(backend, "durable", True)
         self.log_accepted = log.isEnabledFor(NOTICE)
+        #: Monotonic time of the round being run (the processor sets it once per round).
+        self.now = time.monotonic()
+        #: Wall-clock start, for the metrics endpoint.
+        self.started = time.time()
+        #: Packets handled, by command number (the processor counts them).
+        self.packets = [0] * (max(COMMANDS) + 1)
+        self.protocol_errors = 0
+        self.queue_stats = QueueStats()
 
     # ---- plumbing -------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -228,23 +242,28 @@ class Engine:
             if key is not None:
                 job = func.by_unique.get(key)
                 if job is not None:
-                    if conn is not None and not background:
-                        self.attach(job, conn)
+                    if conn is not None:
+                        func.stats.coalesced += 1
+                        if not background:
+                            self.attach(job, conn)
                     if self.log_accepted:
                         self._log_accepted(job)
                     return job
         limit = func.max_queue[priority]
         if limit and func.total >= limit:
+            func.stats.rejected += 1
             raise EngineError(b"QUEUE_ERROR", b"Job queue is full")
         self.handle_counter += 1
         handle = b"%s%d" % (self.handle_prefix, self.handle_counter)
         self._seq += 1
         job = Job(handle, func, unique, key, data, priority, background, when, reducer,
-                  self._seq)
+                  self._seq, self.now)
         if background:
             if conn is not None and self.durable:   # replayed jobs are already stored
                 self._store(job)
             job.persisted = True
+        if conn is not None:
+            func.stats.submitted[submit_slot(priority, background)] += 1
         self.jobs[handle] = job
         if key is not None:
             func.by_unique[key] = job
@@ -265,13 +284,26 @@ class Engine:
         """The durability point: add + flush before JOB_CREATED, or refuse the job."""
         if job.when and not self.backend.supports_epoch:
             raise EngineError(b"QUEUE_ERROR", b"QUEUE_ERROR")
+        stats = self.queue_stats
         try:
             self.backend.add(StoredJob(job.unique, job.function.name, job.data, job.priority,
                                        job.when))
+            stats.writes += 1
             self.backend.flush()
+            stats.commits += 1
         except Exception as exc:  # any backend failure refuses the job
             log.error("queue add failed for %s: %s", job.handle.decode(), exc)
+            self.store_failed(exc)
+            job.function.stats.rejected += 1
             raise EngineError(b"QUEUE_ERROR", b"QUEUE_ERROR") from None
+        stats.connected = 1
+
+    def store_failed(self, exc: BaseException) -> None:
+        """A backend call raised: count it; the store is down until a call works again."""
+        stats = self.queue_stats
+        stats.errors += 1
+        stats.connected = 0
+        stats.last_error = one_line(exc)
 
     def _log_accepted(self, job: Job) -> None:
         if log.isEnabledFor(NOTICE):
@@ -376,6 +408,13 @@ class Engine:
             job.token += 1
             conn.held[job.handle] = job
             func.running += 1
+            stats = func.stats
+            now = self.now
+            waited = now - job.stamp
+            slot = int(waited * HIST_SCALE).bit_length()
+            stats.wait[slot if slot < HIST_FINITE else HIST_FINITE] += 1
+            stats.wait_sum += waited
+            job.stamp = now
             if ability.timeout_ms > 0:
                 self.add_timer(time.monotonic() + ability.timeout_ms / 1000.0,
                                TIMER_WORKER_TIMEOUT, job, job.token)
@@ -400,10 +439,13 @@ class Engine:
         if self.max_retries and job.retries >= self.max_retries:
             log.log(NOTICE, "Dropped job due to max retry count: %s %s",
                     job.handle.decode(), job.unique.decode("utf-8", "replace"))
+            job.function.stats.dropped += 1
             self._tell_clients_fail(job)
             self._done(job)
             self._forget(job)
             return
+        job.function.stats.retried += 1
+        job.stamp = self.now
         job.function.queues[job.priority].append(job)
         self.wake_workers(job.function)
 
@@ -414,12 +456,19 @@ class Engine:
             if client.congested:
                 self._hold_back(job, client)
 
-    def finish(self, job: Job) -> None:
+    def finish(self, job: Job, result: int) -> None:
+        """The worker ended the job (``result``: state.RESULT_*)."""
         worker = job.worker
+        stats = job.function.stats
+        stats.results[result] += 1
         if worker is not None:
             worker.held.pop(job.handle, None)
             job.function.running -= 1
             job.worker = None
+            ran = self.now - job.stamp
+            slot = int(ran * HIST_SCALE).bit_length()
+            stats.run[slot if slot < HIST_FINITE else HIST_FINITE] += 1
+            stats.run_sum += ran
         self._done(job)
         self._forget(job)
 
@@ -432,8 +481,10 @@ class Engine:
             job.persisted = False
             try:
                 self.backend.done(job.unique, job.function.name)
+                self.queue_stats.deletes += 1
             except Exception as exc:
                 log.error("queue done failed for %s: %s", job.handle.decode(), exc)
+                self.store_failed(exc)
 
     def _forget(self, job: Job) -> None:
         """Remove a job that is neither queued nor running any more."""
@@ -453,6 +504,7 @@ class Engine:
         job = self.jobs.get(handle)
         if job is None:
             return False
+        job.function.stats.cancelled += 1
         self._tell_clients_fail(job)
         self._done(job)
         if not job.ignored:
@@ -474,7 +526,7 @@ class Engine:
         return self.timers[0][0] if self.timers else None
 
     def run_timers(self) -> None:
-        now = time.monotonic()
+        now = self.now = time.monotonic()
         timers = self.timers
         while timers and timers[0][0] <= now:
             _, _, kind, job, token = heapq.heappop(timers)

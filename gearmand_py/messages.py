@@ -41,7 +41,17 @@ read; a ``Round`` is the list of them from one selector round of one I/O thread.
 
 Replies.  The processor answers with ``Reply`` tuples ``(conn_id, packet)``; a packet of
 ``None`` means "close this connection once its output is flushed", and PAUSE_READ /
-RESUME_READ switch reading of that connection off and on.
+RESUME_READ switch reading of that connection off and on.  A packet that is a tuple is a
+``snapshot.Snapshot`` (plain ints, strings and tuples) answering a SNAPSHOT event; the
+connection's codec renders it into response bytes on the I/O thread.
+
+Metrics (``--metrics-port``, protocol/metrics.py).  The metrics codec turns ``GET /metrics``,
+``/status.json`` and ``/healthz`` into a SNAPSHOT event whose one argument is the VIEW_*
+asked for; the processor answers with a Snapshot of the engine's counters and state.
+Metrics connections are not Gearman peers: no CONNECT/CLOSED reaches the processor for
+them.  Each I/O thread counts bytes and connections itself and, while the metrics port is
+on, reports its totals once a second as an IO_STATS event (conn_id 0) in its next round;
+the processor keeps the latest report of every I/O thread for the next snapshot.
 
 Backpressure.  When the output waiting for a connection passes the I/O thread's high-water
 mark it reports CONGESTED; the processing thread then pauses (PAUSE_READ) the workers whose
@@ -69,6 +79,13 @@ CONNECT = -2        # a new connection; args: (fd, ip, port)            (I/O loo
 CLOSED = -3         # the peer closed or the I/O loop dropped it; args: ()  (I/O loop)
 CONGESTED = -4      # output waiting for the peer passed the high-water mark  (I/O loop)
 DRAINED = -5        # ... and fell back under the low-water mark            (I/O loop)
+SNAPSHOT = -6       # a metrics request; args: (VIEW_*,)                 (metrics codec)
+IO_STATS = -7       # an I/O thread's totals, conn_id 0; args: snapshot.IoStats  (I/O loop)
+
+# ---- what a SNAPSHOT event asks for (its one argument) ---------------------------------
+VIEW_METRICS = 0    # GET /metrics: every counter and gauge
+VIEW_STATUS = 1     # GET /status.json: the same plus the workers and their functions
+VIEW_HEALTH = 2     # GET /healthz: accepting, store answering, not shutting down
 
 # ---- flow control: a Reply whose packet is one of these ints (proc -> io-K) ------------
 PAUSE_READ = 0      # stop reading this connection: a client it feeds is congested
@@ -77,4 +94,4 @@ RESUME_READ = 1     # read it again
 Event = Tuple[int, bool, Tuple[Any, ...]]
 ConnEvents = Tuple[int, List[Event]]
 Round = List[ConnEvents]
-Reply = Tuple[int, Union[bytes, None, int]]
+Reply = Tuple[int, Union[bytes, None, int, Tuple[Any, ...]]]

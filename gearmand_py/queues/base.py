@@ -5,6 +5,11 @@ background job.  ``done()`` runs on WORK_COMPLETE/FAIL/EXCEPTION, retry drop and
 ``replay()`` yields stored jobs once at start, before connections are accepted.  Backends
 run on the processing thread only; ``Driver.require`` runs on the main thread while the
 options are checked (``--check-args`` included).
+
+``QueueStats`` is what the metrics endpoint shows of the queue: plain counters that the
+engine (processing thread) updates around its backend calls and the server sets at
+start-up.  A backend may also define ``ping()`` (raise when its store does not answer);
+``GET /healthz`` calls it when present.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from typing import Iterator, Mapping, NamedTuple, Protocol
 from ..errors import ConfigError
 from ..state import HIGH, LOW, NORMAL
 
-__all__ = ["HIGH", "LOW", "NORMAL", "Driver", "QueueBackend", "StoredJob", "one_line",
-           "stored_priority"]
+__all__ = ["HIGH", "LOW", "NORMAL", "Driver", "QueueBackend", "QueueStats", "StoredJob",
+           "one_line", "stored_priority"]
 
 
 class StoredJob(NamedTuple):
@@ -45,6 +50,23 @@ class QueueBackend(Protocol):
     def replay(self) -> Iterator[StoredJob]: ...
 
     def close(self) -> None: ...
+
+
+class QueueStats:
+    """The queue as the metrics endpoint shows it (processing thread only)."""
+
+    __slots__ = ("backend", "writes", "commits", "deletes", "errors", "connected", "replayed",
+                 "last_error")
+
+    def __init__(self, backend: str = "builtin") -> None:
+        self.backend = backend      # the -q name
+        self.writes = 0             # jobs added (add)
+        self.commits = 0            # flushes that returned (the durability point)
+        self.deletes = 0            # jobs removed (done)
+        self.errors = 0             # backend calls that raised
+        self.connected = 1          # 0 after a failed call, 1 again after one that worked
+        self.replayed = 0           # jobs read back at start-up
+        self.last_error = ""        # one line: why connected is 0
 
 
 def stored_priority(value: object) -> int:
