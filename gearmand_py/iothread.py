@@ -12,6 +12,11 @@ a codec that is ``closing``, closes the connection once its output is flushed.
 The loop knows no protocol by name: each connection holds the codec its listening socket's
 ``Port`` made (protocol/__init__.py), and TLS is the Port's too.
 
+Each loop counts the bytes it reads and sends and the connections it holds per Port (one
+integer addition per recv/send); with ``stats_interval`` (the metrics port is on) it
+reports the totals to the processing thread as an IO_STATS event every interval.  A Port
+that does not ``announce`` its connections (metrics) sends no CONNECT/CLOSED.
+
 Loops run on the "io-N" threads for ``-t N >= 1`` and on the main thread for ``-t 0``,
 where the loop also owns the listening sockets.  At ``-t 0`` and ``-t 1`` the loop runs the
 processor inline (any object with ``handle``/``finish_round``/``timeout``); at ``-t N >= 2``
@@ -31,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 from . import malloc
 from .listener import accept_all
 from .mailbox import Mailbox
-from .messages import (ADOPT, CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, PAUSE_READ,
-                       REPLIES, STOP, Reply, Round)
+from .messages import (ADOPT, CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, IO_STATS,
+                       PAUSE_READ, REPLIES, STOP, Reply, Round)
 from .protocol import Port
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,6 +83,9 @@ Buffer = Union[bytes, memoryview]
 Listening = Tuple[socket.socket, Port]
 
 _MAILBOX = object()
+#: The conn_id of the loop's own timer in ``_deadlines`` and of its IO_STATS events
+#: (connection ids start at 1).
+LOOP = 0
 
 
 EV_READ = select.EPOLLIN
@@ -90,11 +98,12 @@ class Connection:
     """A socket as its I/O thread sees it (the engine's view of the peer is state.Peer)."""
 
     __slots__ = ("id", "sock", "fd", "addr", "codec", "wq", "wlen", "close_after", "events",
-                 "tls", "handshaking", "congested_at", "paused")
+                 "tls", "handshaking", "congested_at", "paused", "port")
 
     def __init__(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int],
-                 codec: "Codec") -> None:
+                 codec: "Codec", port: Port) -> None:
         self.id = conn_id
+        self.port = port
         self.sock = sock
         self.fd = sock.fileno()
         self.addr = addr
@@ -118,7 +127,7 @@ class IOLoop:
                  post: Optional[Callable[[Tuple[Any, ...]], None]] = None,
                  listening: Sequence[Listening] = (),
                  next_conn_id: Optional[Callable[[], int]] = None,
-                 stall_timeout: float = 0.0) -> None:
+                 stall_timeout: float = 0.0, stats_interval: float = 0.0) -> None:
         assert (processor is None) != (post is None), "inline processor or post, not both"
         self.io_id = io_id
         self.max_output = max_output
@@ -127,6 +136,11 @@ class IOLoop:
         self.listening = list(listening)
         self.next_conn_id = next_conn_id
         self.stall_timeout = stall_timeout     # close a congested client after this; 0 = never
+        self.stats_interval = stats_interval   # report IO_STATS this often; 0 = never
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.open_by_port: Dict[str, int] = {}
+        self.accepted_by_port: Dict[str, int] = {}
         self.mailbox = Mailbox()
         self.epoll = select.epoll()
         self.by_fd: Dict[int, object] = {}
@@ -151,6 +165,8 @@ class IOLoop:
         self._register(self.mailbox.fileno(), EV_READ, _MAILBOX)
         for listening in self.listening:
             self._register(listening[0].fileno(), EV_READ, listening)
+        if self.stats_interval:
+            heapq.heappush(self._deadlines, (time.monotonic(), LOOP, _loop_timer))
         self.running = True
         proc = self.processor
         poll = epoll.poll
@@ -229,6 +245,7 @@ class IOLoop:
         if not data:
             self._drop(conn)
             return
+        self.bytes_in += len(data)
         self._feed(conn, data)
 
     def _feed(self, conn: Connection, data: bytes) -> None:
@@ -239,6 +256,8 @@ class IOLoop:
         if codec.interim:
             self._dirty.setdefault(conn, []).append(codec.interim)
             codec.interim = b""
+            if codec.closing:               # a refusal: close once it is sent
+                conn.close_after = True
 
     def _handshake(self, conn: Connection) -> None:
         """Drive a TLS handshake without blocking; then serve the connection as usual."""
@@ -266,9 +285,19 @@ class IOLoop:
         pending = self._deadlines
         while pending and pending[0][0] <= now:
             _, conn_id, overdue = heapq.heappop(pending)
+            if conn_id == LOOP:
+                self._report_stats(now)
+                continue
             conn = self.conns.get(conn_id)
             if conn is not None and overdue(conn):
                 self._drop(conn)
+
+    def _report_stats(self, now: float) -> None:
+        """Send the processing thread this loop's totals (IO_STATS); re-arm."""
+        self._round.append((LOOP, [(IO_STATS, False, (
+            self.bytes_in, self.bytes_out, tuple(self.open_by_port.items()),
+            tuple(self.accepted_by_port.items())))]))
+        heapq.heappush(self._deadlines, (now + self.stats_interval, LOOP, _loop_timer))
 
     def _want(self, conn: Connection, events: int) -> None:
         if events != conn.events:
@@ -308,13 +337,18 @@ class IOLoop:
                 log.info("TLS set-up failed for %s:%d: %s", addr[0], addr[1], exc)
                 sock.close()
                 return
-        conn = Connection(conn_id, sock, addr, port.codec())
+        conn = Connection(conn_id, sock, addr, port.codec(), port)
         self.conns[conn_id] = conn
+        name = port.name
+        self.open_by_port[name] = self.open_by_port.get(name, 0) + 1
+        self.accepted_by_port[name] = self.accepted_by_port.get(name, 0) + 1
         if conn.handshaking:
             heapq.heappush(self._deadlines, (time.monotonic() + port.handshake_timeout,
                                              conn_id, _handshake_overdue))
         self._register(conn.fd, EV_READ, conn)
-        self._round.append((conn_id, [(CONNECT, False, (sock.fileno(), addr[0], addr[1]))]))
+        if port.announce:
+            self._round.append((conn_id, [(CONNECT, False,
+                                           (sock.fileno(), addr[0], addr[1]))]))
 
     # ---- output ----------------------------------------------------------------------
     def _take_replies(self, replies: List[Reply]) -> None:
@@ -325,7 +359,7 @@ class IOLoop:
             conn = conns.get(conn_id)
             if conn is None:
                 continue
-            if packet.__class__ is bytes:
+            if packet.__class__ is not int and packet is not None:   # bytes, or a Snapshot
                 codec = conn.codec
                 data = codec.respond(packet)
                 if data is not None:
@@ -338,7 +372,7 @@ class IOLoop:
                     self._feed(conn, b"")
                 if not codec.closing:
                     continue
-            elif packet is not None:            # flow control
+            elif packet is not None:            # an int: flow control
                 conn.paused = packet == PAUSE_READ
                 self._update_interest(conn)
                 continue
@@ -382,6 +416,7 @@ class IOLoop:
         try:
             if len(bufs) == 1 or data:
                 sent = conn.sock.send(data)
+                self.bytes_out += sent
                 if sent == len(data):
                     conn.wq = []
                     conn.wlen = 0
@@ -389,6 +424,7 @@ class IOLoop:
                 bufs = [data]
             else:
                 sent = conn.sock.sendmsg(list(bufs[:IOV_MAX]))
+                self.bytes_out += sent
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
                 ssl.SSLWantWriteError):
             sent = 0
@@ -455,6 +491,7 @@ class IOLoop:
     def _drop(self, conn: Connection) -> None:
         if self.conns.pop(conn.id, None) is None:
             return
+        self.open_by_port[conn.port.name] -= 1
         self.unregister(conn.fd)
         try:
             conn.sock.close()
@@ -466,7 +503,8 @@ class IOLoop:
             malloc.trim()
         if log.isEnabledFor(logging.INFO):     # as gearmand: one line per closed peer
             log.info("Disconnected %s:%d", conn.addr[0], conn.addr[1])
-        self._round.append((conn.id, [(CLOSED, False, ())]))
+        if conn.port.announce:
+            self._round.append((conn.id, [(CLOSED, False, ())]))
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_FLUSH
@@ -487,6 +525,11 @@ class IOLoop:
         self.by_fd.clear()
         self.epoll.close()
         self.mailbox.close()
+
+
+def _loop_timer(conn: Connection) -> bool:
+    """The loop's own ``_deadlines`` entry (conn_id LOOP): handled by ``_expire`` itself."""
+    return False
 
 
 def _handshake_overdue(conn: Connection) -> bool:
