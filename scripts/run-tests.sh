@@ -14,6 +14,7 @@ APT_PACKAGES=(
   memcached libtokyocabinet9                # queue backends
   procps iproute2 curl                      # ps/pgrep, ss, HTTP checks
   build-essential sysvinit-utils            # native launcher build; /lib/lsb/init-functions
+  prometheus chromium                       # metrics port: real scraper, status page
 )
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
