@@ -16,6 +16,7 @@ import heapq
 import logging
 import os
 import time
+from bisect import bisect_left
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .log import NOTICE
@@ -24,8 +25,7 @@ from .protocol.codec import pack
 from .protocol.commands import Cmd
 from .protocol.commands import COMMANDS
 from .queues.base import QueueBackend, QueueStats, StoredJob, one_line
-from .state import (HIST_FINITE, HIST_SCALE, NO_CLIENTS, Ability, Function, Job, Peer,
-                    submit_slot)
+from .state import HIST_BOUNDS, NO_CLIENTS, Ability, Function, Job, Peer
 
 log = logging.getLogger("gearmand")
 
@@ -263,7 +263,7 @@ class Engine:
                 self._store(job)
             job.persisted = True
         if conn is not None:
-            func.stats.submitted[submit_slot(priority, background)] += 1
+            func.stats.submitted[background][priority] += 1
         self.jobs[handle] = job
         if key is not None:
             func.by_unique[key] = job
@@ -411,8 +411,7 @@ class Engine:
             stats = func.stats
             now = self.now
             waited = now - job.stamp
-            slot = int(waited * HIST_SCALE).bit_length()
-            stats.wait[slot if slot < HIST_FINITE else HIST_FINITE] += 1
+            stats.wait[bisect_left(HIST_BOUNDS, waited)] += 1
             stats.wait_sum += waited
             job.stamp = now
             if ability.timeout_ms > 0:
@@ -466,8 +465,7 @@ class Engine:
             job.function.running -= 1
             job.worker = None
             ran = self.now - job.stamp
-            slot = int(ran * HIST_SCALE).bit_length()
-            stats.run[slot if slot < HIST_FINITE else HIST_FINITE] += 1
+            stats.run[bisect_left(HIST_BOUNDS, ran)] += 1
             stats.run_sum += ran
         self._done(job)
         self._forget(job)

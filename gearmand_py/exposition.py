@@ -26,7 +26,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
 from .snapshot import FunctionRow, Snapshot
-from .state import HIST_BOUNDS, PRIORITIES, RESULTS, submit_slot
+from .state import HIST_BOUNDS, PRIORITIES, RESULTS
 
 Answer = Tuple[int, List[Tuple[bytes, bytes]], bytes]
 
@@ -130,7 +130,7 @@ class SnapshotCollector:
                 for background in (False, True):
                     submitted.add_metric(
                         [row.name, PRIORITY_NAMES[priority], "true" if background else "false"],
-                        row.submitted[submit_slot(priority, background)])
+                        row.submitted[background][priority])
         yield submitted
         for index, result in enumerate(RESULTS):
             suffix, help_text = RESULT_METRICS[result]
@@ -270,7 +270,7 @@ def status_document(snap: Snapshot) -> dict:
             "name": row.name, "total": row.total, "running": row.running,
             "waiting": row.total - row.running, "workers": row.workers,
             "queued": dict(zip(PRIORITY_NAMES, row.queued)),
-            "submitted": sum(row.submitted), "coalesced": row.coalesced,
+            "submitted": sum(map(sum, row.submitted)), "coalesced": row.coalesced,
             "rejected": row.rejected, **dict(zip(RESULTS, row.results)),
             "retried": row.retried, "dropped": row.dropped, "cancelled": row.cancelled,
             "wait_count": sum(row.wait), "wait_sum": row.wait_sum,

@@ -40,7 +40,7 @@ class FunctionRow(NamedTuple):
     running: int
     workers: int                    # registrations, as ``status``
     queued: Tuple[int, int, int]    # by priority (high, normal, low), as ``prioritystatus``
-    submitted: Tuple[int, ...]      # by state.submit_slot(priority, background)
+    submitted: Tuple[Tuple[int, ...], Tuple[int, ...]]   # [background][priority]
     coalesced: int
     rejected: int
     results: Tuple[int, int, int]   # by state.RESULT_*
@@ -99,7 +99,8 @@ def _function(f: "Function") -> FunctionRow:
     s = f.stats
     q = f.queues
     return FunctionRow(_text(f.name), f.total, f.running, len(f.workers),
-                       (len(q[0]), len(q[1]), len(q[2])), tuple(s.submitted), s.coalesced,
+                       (len(q[0]), len(q[1]), len(q[2])),
+                       (tuple(s.submitted[0]), tuple(s.submitted[1])), s.coalesced,
                        s.rejected, (s.results[0], s.results[1], s.results[2]), s.retried,
                        s.dropped, s.cancelled, tuple(s.wait), s.wait_sum, tuple(s.run),
                        s.run_sum)

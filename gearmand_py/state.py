@@ -17,11 +17,10 @@ PRIORITIES = (HIGH, NORMAL, LOW)
 FUNCTION_BUCKETS = 991
 
 #: Histograms (queue wait, run time) are fixed bucket counts.  Slot i < HIST_FINITE counts
-#: durations under HIST_FIRST * 2**i seconds, the last slot the longer ones; the slot of a
-#: duration is ``int(seconds * HIST_SCALE).bit_length()``, capped: no search, no float
-#: comparisons, nothing allocated.
+#: durations d with HIST_BOUNDS[i-1] < d <= HIST_BOUNDS[i] (Prometheus' ``le``), the last
+#: slot the longer ones; the slot of a duration is ``bisect_left(HIST_BOUNDS, d)``: one C
+#: call, nothing allocated.
 HIST_FIRST = 0.0001
-HIST_SCALE = 1 / HIST_FIRST
 HIST_FINITE = 21
 HIST_BOUNDS = tuple(HIST_FIRST * 2 ** i for i in range(HIST_FINITE))
 
@@ -65,11 +64,6 @@ class Ability:
         self.timeout_ms = timeout_ms
 
 
-def submit_slot(priority: int, background: bool) -> int:
-    """Index into FunctionStats.submitted."""
-    return priority * 2 + background
-
-
 class FunctionStats:
     """One function's counters since it was created (they go when ``drop function`` removes
     it; Prometheus takes that as a counter reset)."""
@@ -78,7 +72,8 @@ class FunctionStats:
                  "cancelled", "wait", "wait_sum", "run", "run_sum")
 
     def __init__(self) -> None:
-        self.submitted = [0] * (len(PRIORITIES) * 2)   # by submit_slot(priority, background)
+        #: jobs created by client submits, [background][priority]
+        self.submitted = ([0] * len(PRIORITIES), [0] * len(PRIORITIES))
         self.coalesced = 0          # submits that joined a job with the same unique key
         self.rejected = 0           # refused: queue full (maxqueue) or not stored
         self.results = [0, 0, 0]    # by RESULT_*: WORK_COMPLETE, WORK_FAIL, WORK_EXCEPTION
