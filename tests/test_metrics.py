@@ -416,6 +416,43 @@ def test_codec_turns_requests_into_snapshot_events() -> None:
     assert session.interim.startswith(b"HTTP/1.1 200 OK") and session.closing
 
 
+def test_histogram_slots_follow_le() -> None:
+    """A duration lands in the first bucket whose bound it does not exceed; longer than the
+    last bound is +Inf only; the exposition's buckets are cumulative."""
+    from gearmand_py.engine import Engine, EngineOptions
+    from gearmand_py.exposition import SnapshotCollector
+    from gearmand_py.messages import VIEW_METRICS
+    from gearmand_py.queues.builtin import BuiltinQueue
+    from gearmand_py.snapshot import take
+    from gearmand_py.state import HIST_FINITE, NORMAL, RESULT_COMPLETE
+
+    engine = Engine(EngineOptions("H:t", False, 0, 0, False, "ERROR", 1), BuiltinQueue())
+    client = engine.connect(1, 0, 5, "127.0.0.1", 1)
+    worker = engine.connect(2, 0, 6, "127.0.0.1", 2)
+    engine.can_do(worker, b"f", 0)
+    for waited, ran in ((0.0001, 0.00005), (0.00015, 200.0)):
+        engine.now = 0.0
+        job = engine.submit(client, b"f", b"", b"x", NORMAL, True)
+        engine.now = waited
+        assert engine.grab(worker) is job
+        engine.now = waited + ran
+        engine.finish(job, RESULT_COMPLETE)
+    stats = engine.functions[b"f"].stats
+    assert stats.wait[:3] == [1, 1, 0] and sum(stats.wait) == 2
+    assert stats.run[0] == 1 and stats.run[HIST_FINITE] == 1 and sum(stats.run) == 2
+    assert stats.submitted == ([0, 0, 0], [0, 2, 0])
+    snap = take(engine, {}, VIEW_METRICS)
+    families = {f.name: f for f in SnapshotCollector(snap, _NoProcess()).collect()}
+    buckets = {s.labels["le"]: s.value for s in families["gearman_job_wait_seconds"].samples
+               if s.name.endswith("_bucket")}
+    assert (buckets["0.0001"], buckets["0.0002"], buckets["+Inf"]) == (1, 2, 2)
+
+
+class _NoProcess:
+    def collect(self) -> list:
+        return []
+
+
 # ---- real consumers: Prometheus, Chromium --------------------------------------------
 
 def _prom_query(web: int, query: str) -> List[dict]:
