@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     class Codec(Protocol):
         """One connection's sans-IO codec; owned by the I/O thread that owns the socket."""
 
-        #: Set once the codec wants its connection closed after the replies queued so far.
+        #: Set once the codec wants its connection closed after the replies queued so far
+        #: (set by ``feed`` together with ``interim``: once those bytes are sent).
         closing: bool
         #: Bytes to send before any reply (e.g. HTTP's "100 Continue"); the I/O thread
         #: takes them after each ``feed`` and empties it.
