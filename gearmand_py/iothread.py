@@ -15,7 +15,8 @@ The loop knows no protocol by name: each connection holds the codec its listenin
 Each loop counts the bytes it reads and sends and the connections it holds per Port (one
 integer addition per recv/send); with ``stats_interval`` (the metrics port is on) it
 reports the totals to the processing thread as an IO_STATS event every interval.  A Port
-that does not ``announce`` its connections (metrics) sends no CONNECT/CLOSED.
+that does not ``announce`` its connections (metrics) sends no CONNECT/CLOSED; one with a
+``request_timeout`` (metrics) has its slow clients closed.
 
 Loops run on the "io-N" threads for ``-t N >= 1`` and on the main thread for ``-t 0``,
 where the loop also owns the listening sockets.  At ``-t 0`` and ``-t 1`` the loop runs the
@@ -25,6 +26,7 @@ it posts each round to the processing thread's inbox and reads replies from its 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import select
@@ -53,6 +55,12 @@ if TYPE_CHECKING:  # pragma: no cover
         def finish_round(self) -> Dict[int, List[Reply]]: ...
 
         def timeout(self) -> Optional[float]: ...
+
+    class TimedCodec(Protocol):
+        """A codec of a Port with ``request_timeout`` (protocol/__init__.py)."""
+
+        served: int
+        partial: bool
 
 log = logging.getLogger("gearmand")
 
@@ -346,6 +354,8 @@ class IOLoop:
             heapq.heappush(self._deadlines, (time.monotonic() + port.handshake_timeout,
                                              conn_id, _handshake_overdue))
         self._register(conn.fd, EV_READ, conn)
+        if port.request_timeout:
+            self._arm_request_timer(conn)
         if port.announce:
             self._round.append((conn_id, [(CONNECT, False,
                                            (sock.fileno(), addr[0], addr[1]))]))
@@ -525,6 +535,24 @@ class IOLoop:
         self.by_fd.clear()
         self.epoll.close()
         self.mailbox.close()
+
+
+    def _arm_request_timer(self, conn: Connection) -> None:
+        served = cast("TimedCodec", conn.codec).served
+        check: Callable[[Connection], bool] = functools.partial(self._slow, served)
+        heapq.heappush(self._deadlines, (time.monotonic() + conn.port.request_timeout,
+                                         conn.id, check))
+
+    def _slow(self, served: int, conn: Connection) -> bool:
+        """True when the connection has had part of a request, and no request completed,
+        for a whole request_timeout; otherwise look again one timeout later."""
+        codec = cast("TimedCodec", conn.codec)
+        if codec.partial and codec.served == served:
+            log.info("request from %s:%d not completed in %gs, closing it", conn.addr[0],
+                     conn.addr[1], conn.port.request_timeout)
+            return True
+        self._arm_request_timer(conn)
+        return False
 
 
 def _loop_timer(conn: Connection) -> bool:

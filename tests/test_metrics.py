@@ -361,6 +361,10 @@ def test_hostile_input_closes_only_that_connection(server_factory: Factory) -> N
     srv, mport = metrics_server(server_factory, "-t", "2")
     slow = socket.create_connection(("127.0.0.1", mport), timeout=5)
     slow.sendall(b"GET /metr")                     # and never more
+    started = time.monotonic()
+    idle = socket.create_connection(("127.0.0.1", mport), timeout=5)
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(1000).startswith(b"HTTP/1.1 200 OK")     # then keeps quiet
     answers = {
         "oversized head": raw(mport, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: "
                               + b"a" * 20000 + b"\r\n\r\n"),
@@ -378,13 +382,19 @@ def test_hostile_input_closes_only_that_connection(server_factory: Factory) -> N
     # a flood of pipelined requests: some answers, then the connection is closed
     flood = raw(mport, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 5000, timeout=10)
     assert flood.endswith(b"<reset>") or flood.endswith(b"too much pipelined input\n")
-    # the slow client is still connected, the server serves everyone else
+    # while the slow client hangs on, the server serves everyone else ...
     assert scrape(mport)
     with Conn(srv.port) as c:
         assert c.admin("version") == b"OK 1.1.20\n"
-    slow.sendall(b"ics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert slow.recv(100).startswith(b"HTTP/1.1 200 OK")
+    # ... and closes it once its request has been incomplete for 10 s
+    slow.settimeout(30)
+    assert slow.recv(100) == b""
+    assert 9 < time.monotonic() - started < 25
     slow.close()
+    # an idle keep-alive connection (no request under way) is not a slow client
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(1000).startswith(b"HTTP/1.1 200 OK")
+    idle.close()
     assert srv.alive()
     s = scrape(mport)
     assert value(s, "gearman_protocol_errors_total") >= 4

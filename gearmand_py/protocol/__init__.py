@@ -67,6 +67,10 @@ class Port:
     announce: bool = True
     #: Keeps listening during a graceful stop (the metrics port: watch the drain).
     stays_open: bool = False
+    #: Close a connection whose request stays incomplete this long (seconds; 0 = never):
+    #: slow clients.  Its codec then also has ``served`` (requests completed so far) and
+    #: ``partial`` (part of a request is buffered and the client owes the rest).
+    request_timeout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

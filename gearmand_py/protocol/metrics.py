@@ -13,7 +13,9 @@ time, keep-alive, pipelined requests wait their turn).  Routes:
   without troubling the processor.
 
 HEAD works wherever GET does; other methods get 405, other paths 404.  Malformed or
-oversized requests get 400/413 and the connection closes; nothing else is affected.
+oversized requests get 400/413 and the connection closes, and so does a client that leaves
+a request incomplete for REQUEST_TIMEOUT (``partial``/``served`` tell the I/O loop);
+nothing else is affected.
 ``PLUGIN`` puts it on ``--metrics-port`` at ``--metrics-address``; its connections are not
 Gearman peers (``Port.announce`` is False) and its listener stays open during a graceful
 stop, so the drain can be watched.  The I/O thread that owns a connection owns its session.
@@ -42,6 +44,8 @@ MAX_HEAD = 8192
 MAX_BODY = 65536
 #: Input buffered behind a request still being answered, at most.
 MAX_PIPELINED = 65536
+#: A request begun but not completed within this many seconds closes its connection.
+REQUEST_TIMEOUT = 10.0
 SERVER = b"gearmand-py/" + __version__.encode()
 READ_METHODS = frozenset((b"GET", b"HEAD"))
 VERSIONS = frozenset((b"1.0", b"1.1"))
@@ -60,7 +64,7 @@ VIEWS: Dict[bytes, int] = {
 
 class MetricsSession:
     __slots__ = ("_renderer", "_h11", "_busy", "_view", "_path", "_method", "_accept",
-                 "_body", "closing", "interim", "backlog")
+                 "_body", "closing", "interim", "backlog", "served")
 
     #: Requests are small: read with the I/O thread's usual read size.
     missing = 0
@@ -77,6 +81,14 @@ class MetricsSession:
         self.closing = False
         self.interim = b""
         self.backlog = False
+        self.served = 0             # requests completed (Port.request_timeout)
+
+    @property
+    def partial(self) -> bool:
+        """Part of a request is buffered and the client owes the rest."""
+        if self._busy:
+            return False
+        return bool(self._h11.trailing_data[0]) or self._h11.their_state is h11.SEND_BODY
 
     # ---- bytes in -------------------------------------------------------------------
     def feed(self, data: bytes) -> List[Event]:
@@ -122,6 +134,7 @@ class MetricsSession:
                 if self._body > MAX_BODY:
                     return self._fail(413, b"request body too large")
             elif isinstance(event, h11.EndOfMessage):
+                self.served += 1
                 if self._method not in READ_METHODS:
                     self.interim += self._answer((405, [(b"Allow", b"GET, HEAD")],
                                                   b"GET or HEAD only\n"))
@@ -192,7 +205,7 @@ def _listen_hosts(settings: Settings) -> Tuple[str, ...]:
 def _open(settings: Settings) -> Port:
     from ..exposition import Renderer   # needs prometheus_client: only when the port is on
     return Port("Metrics", functools.partial(MetricsSession, Renderer()), announce=False,
-                stays_open=True)
+                stays_open=True, request_timeout=REQUEST_TIMEOUT)
 
 
 PLUGIN = Plugin(None, _listen_port, _open, _listen_hosts)
