@@ -165,7 +165,7 @@ def run(settings: Settings, warnings: Sequence[str] = ()) -> int:
 
 def _bind(settings: Settings) -> List[Listening]:
     """Every protocol plugin that is on: build its Port (TLS keys are read here, before
-    -u), bind its listening sockets."""
+    -u), bind its listening sockets (at -L's addresses, or the plugin's own)."""
     listening: List[Listening] = []
     for plugin in protocol.plugins():
         service = plugin.listen_port(settings)
@@ -173,7 +173,8 @@ def _bind(settings: Settings) -> List[Listening]:
             continue
         port = plugin.open(settings)
         log.info("Initializing %s on port %s%s", port.name, service, port.note)
-        listening.extend((sock, port) for sock in bind_listeners(settings, service))
+        hosts = plugin.listen_hosts(settings) if plugin.listen_hosts is not None else None
+        listening.extend((sock, port) for sock in bind_listeners(settings, service, hosts))
     return listening
 
 

@@ -17,6 +17,10 @@ failed the same way (the store thread does not write the adds of a unit whose de
 passed before its commit started); if a unit whose commit was under way at its deadline
 commits after all, its jobs are stored but were never acknowledged: they are taken in as
 replayed jobs are and run (at-least-once).
+
+Counters for the metrics endpoint are plain ints bumped where the engine already works
+(state.FunctionStats, queues.base.QueueStats, ``packets``); the histograms use ``now``, the
+monotonic clock read once per round by the processor, so no job pays for a clock call.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ import heapq
 import logging
 import os
 import time
+from bisect import bisect_left
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .log import NOTICE
 from .messages import OVERDUE, PAUSE_READ, RESUME_READ, STORE, Outcome, Reply
 from .protocol.codec import pack
 from .protocol.commands import Cmd
-from .queues.base import Key, QueueBackend, Refused, StoredJob
-from .state import NO_CLIENTS, PRIORITIES, Ability, Function, Job, Peer
+from .protocol.commands import COMMANDS
+from .queues.base import Key, QueueBackend, QueueStats, Refused, StoredJob
+from .state import HIST_BOUNDS, NO_CLIENTS, PRIORITIES, Ability, Function, Job, Peer
 
 log = logging.getLogger("gearmand")
 
@@ -137,6 +143,14 @@ class Engine:
             TIMER_EPOCH: self._epoch_due,
             TIMER_STORE: self._store_overdue,
         }
+        #: Monotonic time of the round being run (the processor sets it once per round).
+        self.now = time.monotonic()
+        #: Wall-clock start, for the metrics endpoint.
+        self.started = time.time()
+        #: Packets handled, by command number (the processor counts them).
+        self.packets = [0] * (max(COMMANDS) + 1)
+        self.protocol_errors = 0
+        self.queue_stats = QueueStats()
 
     # ---- plumbing -------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -310,24 +324,29 @@ class Engine:
             if key is not None:
                 job = func.by_unique.get(key)
                 if job is not None:
-                    if conn is not None and not background:
-                        self.attach(job, conn)
+                    if conn is not None:
+                        func.stats.coalesced += 1
+                        if not background:
+                            self.attach(job, conn)
                     if self.log_accepted:
                         self._log_accepted(job)
                     return job
         limit = func.max_queue[priority]
         if limit and func.total >= limit:
+            func.stats.rejected += 1
             raise EngineError(b"QUEUE_ERROR", b"Job queue is full")
         self.handle_counter += 1
         handle = b"%s%d" % (self.handle_prefix, self.handle_counter)
         self._seq += 1
         job = Job(handle, func, unique, key, data, priority, background, when, reducer,
-                  self._seq)
+                  self._seq, self.now)
         if background and self.durable:
             if conn is not None:
                 self._store(job)
             else:                                   # replayed: already stored
                 job.persisted = True
+        if conn is not None:
+            func.stats.submitted[background][priority] += 1
         self.jobs[handle] = job
         if key is not None:
             func.by_unique[key] = job
@@ -379,6 +398,8 @@ class Engine:
         if unit is None:
             return
         self.unit = None
+        self.queue_stats.writes += len(unit.adds)
+        self.queue_stats.deletes += len(unit.dones)
         deadline = time.monotonic() + self.options.queue_timeout
         if unit.adds:
             self.inflight[unit.id] = unit
@@ -401,6 +422,14 @@ class Engine:
                 unit.jobs, unit.adds, unit.waiters = [], [], []
 
     def _settle(self, unit: StoreUnit, error: Optional[str], refused: Refused) -> None:
+        stats = self.queue_stats
+        if error is None:
+            stats.commits += 1
+            stats.connected = 1
+        else:
+            stats.errors += 1
+            stats.connected = 0
+            stats.last_error = error
         reasons: Dict[Job, str] = {}
         unstored = self.unstored
         for i, job in enumerate(unit.jobs):
@@ -465,6 +494,7 @@ class Engine:
                           exc.text.decode("utf-8", "replace"))
         log.warning("queue %s: %d jobs committed after their submits had timed out; they "
                     "are queued (at-least-once)", self.options.queue_name, taken)
+
 
     def _log_accepted(self, job: Job) -> None:
         if log.isEnabledFor(NOTICE):
@@ -622,10 +652,13 @@ class Engine:
         if self.max_retries and job.retries >= self.max_retries:
             log.log(NOTICE, "Dropped job due to max retry count: %s %s",
                     job.handle.decode(), job.unique.decode("utf-8", "replace"))
+            job.function.stats.dropped += 1
             self._tell_clients_fail(job)
             self._done(job)
             self._forget(job)
             return
+        job.function.stats.retried += 1
+        job.stamp = self.now
         job.function.queues[job.priority].append(job)
         self.wake_workers(job.function)
 
@@ -636,12 +669,18 @@ class Engine:
             if client.congested:
                 self._hold_back(job, client)
 
-    def finish(self, job: Job) -> None:
+    def finish(self, job: Job, result: int) -> None:
+        """The worker ended the job (``result``: state.RESULT_*)."""
         worker = job.worker
+        stats = job.function.stats
+        stats.results[result] += 1
         if worker is not None:
             worker.held.pop(job.handle, None)
             job.function.running -= 1
             job.worker = None
+            ran = self.now - job.stamp
+            stats.run[bisect_left(HIST_BOUNDS, ran)] += 1
+            stats.run_sum += ran
         self._done(job)
         self._forget(job)
 
@@ -673,6 +712,7 @@ class Engine:
         job = self.jobs.get(handle)
         if job is None:
             return False
+        job.function.stats.cancelled += 1
         self._tell_clients_fail(job)
         self._done(job)
         if not job.ignored:
@@ -695,7 +735,7 @@ class Engine:
         return self.timers[0][0] if self.timers else None
 
     def run_timers(self) -> None:
-        now = time.monotonic()
+        now = self.now = time.monotonic()
         timers = self.timers
         kinds = self._timer_kinds
         while timers and timers[0][0] <= now:

@@ -12,7 +12,7 @@ from .engine import MAX_CLIENT_ID, MIN_WORKER_TIMEOUT_MS, Engine, EngineError
 from .protocol.codec import header as _header
 from .protocol.codec import pack
 from .protocol.commands import COMMANDS, Cmd
-from .state import HIGH, LOW, NORMAL, Peer, Job
+from .state import HIGH, LOW, NORMAL, RESULT_COMPLETE, RESULT_EXCEPTION, RESULT_FAIL, Job, Peer
 
 Args = Tuple[bytes, ...]
 Handler = Callable[[Engine, Peer, Args], None]
@@ -165,7 +165,7 @@ def work_complete(engine: Engine, conn: Peer, args: Args) -> None:
         return
     if job.clients:
         engine.forward(job, pack(Cmd.WORK_COMPLETE, args[0], args[1]))
-    engine.finish(job)
+    engine.finish(job, RESULT_COMPLETE)
 
 
 def work_fail(engine: Engine, conn: Peer, args: Args) -> None:
@@ -177,7 +177,7 @@ def work_fail(engine: Engine, conn: Peer, args: Args) -> None:
         return
     if job.clients:
         engine.forward(job, pack(Cmd.WORK_FAIL, args[0]))
-    engine.finish(job)
+    engine.finish(job, RESULT_FAIL)
 
 
 def work_exception(engine: Engine, conn: Peer, args: Args) -> None:
@@ -189,7 +189,7 @@ def work_exception(engine: Engine, conn: Peer, args: Args) -> None:
         fail = pack(Cmd.WORK_FAIL, args[0])
         for client in job.clients:
             engine.send(client, exc if client.exceptions else fail)
-    engine.finish(job)
+    engine.finish(job, RESULT_EXCEPTION)
 
 
 # ---- status and misc ----------------------------------------------------------------

@@ -12,6 +12,12 @@ a codec that is ``closing``, closes the connection once its output is flushed.
 The loop knows no protocol by name: each connection holds the codec its listening socket's
 ``Port`` made (protocol/__init__.py), and TLS is the Port's too.
 
+Each loop counts the bytes it reads and sends and the connections it holds per Port (one
+integer addition per recv/send); with ``stats_interval`` (the metrics port is on) it
+reports the totals to the processing thread as an IO_STATS event every interval.  A Port
+that does not ``announce`` its connections (metrics) sends no CONNECT/CLOSED; one with a
+``request_timeout`` (metrics) has its slow clients closed.
+
 Loops run on the "io-N" threads for ``-t N >= 1`` and on the main thread for ``-t 0``,
 where the loop also owns the listening sockets.  At ``-t 0`` and ``-t 1`` the loop runs the
 processor inline (any object with ``handle``/``finish_round``/``timeout``); at ``-t N >= 2``
@@ -22,6 +28,7 @@ Mailbox (server.py creates that Mailbox first and hands it to both).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import select
@@ -33,8 +40,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 from . import malloc
 from .listener import accept_all
 from .mailbox import Mailbox
-from .messages import (ADOPT, CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, PAUSE_READ,
-                       REPLIES, STOP, STORED, Outcome, Reply, Round)
+from .messages import (ADOPT, CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, IO_STATS,
+                       PAUSE_READ, REPLIES, STOP, STORED, Outcome, Reply, Round)
 from .protocol import Port
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,6 +59,12 @@ if TYPE_CHECKING:  # pragma: no cover
         def timeout(self) -> Optional[float]: ...
 
         def stored(self, outcomes: List[Outcome]) -> None: ...
+
+    class TimedCodec(Protocol):
+        """A codec of a Port with ``request_timeout`` (protocol/__init__.py)."""
+
+        served: int
+        partial: bool
 
 log = logging.getLogger("gearmand")
 
@@ -82,6 +95,9 @@ Buffer = Union[bytes, memoryview]
 Listening = Tuple[socket.socket, Port]
 
 _MAILBOX = object()
+#: The conn_id of the loop's own timer in ``_deadlines`` and of its IO_STATS events
+#: (connection ids start at 1).
+LOOP = 0
 
 
 EV_READ = select.EPOLLIN
@@ -94,11 +110,12 @@ class Connection:
     """A socket as its I/O thread sees it (the engine's view of the peer is state.Peer)."""
 
     __slots__ = ("id", "sock", "fd", "addr", "codec", "passthrough", "wq", "wlen",
-                 "close_after", "events", "tls", "handshaking", "congested_at", "paused")
+                 "close_after", "events", "tls", "handshaking", "congested_at", "paused", "port")
 
     def __init__(self, conn_id: int, sock: socket.socket, addr: Tuple[str, int],
-                 codec: "Codec") -> None:
+                 codec: "Codec", port: Port) -> None:
         self.id = conn_id
+        self.port = port
         self.sock = sock
         self.fd = sock.fileno()
         self.addr = addr
@@ -123,7 +140,8 @@ class IOLoop:
                  post: Optional[Callable[[Tuple[Any, ...]], None]] = None,
                  listening: Sequence[Listening] = (),
                  next_conn_id: Optional[Callable[[], int]] = None,
-                 stall_timeout: float = 0.0, mailbox: Optional[Mailbox] = None) -> None:
+                 stall_timeout: float = 0.0, mailbox: Optional[Mailbox] = None,
+                 stats_interval: float = 0.0) -> None:
         assert (processor is None) != (post is None), "inline processor or post, not both"
         self.io_id = io_id
         self.max_output = max_output
@@ -132,6 +150,11 @@ class IOLoop:
         self.listening = list(listening)
         self.next_conn_id = next_conn_id
         self.stall_timeout = stall_timeout     # close a congested client after this; 0 = never
+        self.stats_interval = stats_interval   # report IO_STATS this often; 0 = never
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.open_by_port: Dict[str, int] = {}
+        self.accepted_by_port: Dict[str, int] = {}
         self.mailbox = mailbox if mailbox is not None else Mailbox()
         self._own_mailbox = mailbox is None    # else its creator closes it
         self.epoll = select.epoll()
@@ -158,6 +181,8 @@ class IOLoop:
         self._register(self.mailbox.fileno(), EV_READ, _MAILBOX)
         for listening in self.listening:
             self._register(listening[0].fileno(), EV_READ, listening)
+        if self.stats_interval:
+            heapq.heappush(self._deadlines, (time.monotonic(), LOOP, _loop_timer))
         self.running = True
         proc = self.processor
         poll = epoll.poll
@@ -236,6 +261,7 @@ class IOLoop:
         if not data:
             self._drop(conn)
             return
+        self.bytes_in += len(data)
         if conn.passthrough:                    # the Gear port: the hot path
             events = conn.codec.feed(data)
             if events:
@@ -252,6 +278,8 @@ class IOLoop:
         if codec.interim:
             self._dirty.setdefault(conn, []).append(codec.interim)
             codec.interim = b""
+            if codec.closing:               # a refusal: close once it is sent
+                conn.close_after = True
 
     def _handshake(self, conn: Connection) -> None:
         """Drive a TLS handshake without blocking; then serve the connection as usual."""
@@ -279,9 +307,19 @@ class IOLoop:
         pending = self._deadlines
         while pending and pending[0][0] <= now:
             _, conn_id, overdue = heapq.heappop(pending)
+            if conn_id == LOOP:
+                self._report_stats(now)
+                continue
             conn = self.conns.get(conn_id)
             if conn is not None and overdue(conn):
                 self._drop(conn)
+
+    def _report_stats(self, now: float) -> None:
+        """Send the processing thread this loop's totals (IO_STATS); re-arm."""
+        self._round.append((LOOP, [(IO_STATS, False, (
+            self.bytes_in, self.bytes_out, tuple(self.open_by_port.items()),
+            tuple(self.accepted_by_port.items())))]))
+        heapq.heappush(self._deadlines, (now + self.stats_interval, LOOP, _loop_timer))
 
     def _want(self, conn: Connection, events: int) -> None:
         if events != conn.events:
@@ -325,13 +363,20 @@ class IOLoop:
                 log.info("TLS set-up failed for %s:%d: %s", addr[0], addr[1], exc)
                 sock.close()
                 return
-        conn = Connection(conn_id, sock, addr, port.codec())
+        conn = Connection(conn_id, sock, addr, port.codec(), port)
         self.conns[conn_id] = conn
+        name = port.name
+        self.open_by_port[name] = self.open_by_port.get(name, 0) + 1
+        self.accepted_by_port[name] = self.accepted_by_port.get(name, 0) + 1
         if conn.handshaking:
             heapq.heappush(self._deadlines, (time.monotonic() + port.handshake_timeout,
                                              conn_id, _handshake_overdue))
         self._register(conn.fd, EV_READ, conn)
-        self._round.append((conn_id, [(CONNECT, False, (sock.fileno(), addr[0], addr[1]))]))
+        if port.request_timeout:
+            self._arm_request_timer(conn)
+        if port.announce:
+            self._round.append((conn_id, [(CONNECT, False,
+                                           (sock.fileno(), addr[0], addr[1]))]))
 
     # ---- output ----------------------------------------------------------------------
     def _take_replies(self, replies: List[Reply]) -> None:
@@ -342,14 +387,14 @@ class IOLoop:
             conn = conns.get(conn_id)
             if conn is None:
                 continue
-            if packet.__class__ is bytes:
-                if conn.passthrough:            # the Gear port: the packet as packed
-                    pending = dirty.get(conn)
-                    if pending is None:
-                        dirty[conn] = [packet]
-                    else:
-                        pending.append(packet)
-                    continue
+            if packet.__class__ is bytes and conn.passthrough:   # the Gear port: as packed
+                pending = dirty.get(conn)
+                if pending is None:
+                    dirty[conn] = [packet]
+                else:
+                    pending.append(packet)
+                continue
+            if packet.__class__ is not int and packet is not None:   # bytes, or a Snapshot
                 codec = conn.codec
                 data = codec.respond(packet)
                 if data is not None:
@@ -358,7 +403,7 @@ class IOLoop:
                     self._feed(conn, b"")
                 if not codec.closing:
                     continue
-            elif packet is not None:            # flow control
+            elif packet is not None:            # an int: flow control
                 conn.paused = packet == PAUSE_READ
                 self._update_interest(conn)
                 continue
@@ -402,6 +447,7 @@ class IOLoop:
         try:
             if len(bufs) == 1 or data:
                 sent = conn.sock.send(data)
+                self.bytes_out += sent
                 if sent == len(data):
                     conn.wq = []
                     conn.wlen = 0
@@ -409,6 +455,7 @@ class IOLoop:
                 bufs = [data]
             else:
                 sent = conn.sock.sendmsg(list(bufs[:IOV_MAX]))
+                self.bytes_out += sent
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
                 ssl.SSLWantWriteError):
             sent = 0
@@ -475,6 +522,7 @@ class IOLoop:
     def _drop(self, conn: Connection) -> None:
         if self.conns.pop(conn.id, None) is None:
             return
+        self.open_by_port[conn.port.name] -= 1
         self.unregister(conn.fd)
         try:
             conn.sock.close()
@@ -486,7 +534,8 @@ class IOLoop:
             malloc.trim()
         if log.isEnabledFor(logging.INFO):     # as gearmand: one line per closed peer
             log.info("Disconnected %s:%d", conn.addr[0], conn.addr[1])
-        self._round.append((conn.id, [(CLOSED, False, ())]))
+        if conn.port.announce:
+            self._round.append((conn.id, [(CLOSED, False, ())]))
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_FLUSH
@@ -508,6 +557,29 @@ class IOLoop:
         self.epoll.close()
         if self._own_mailbox:
             self.mailbox.close()
+
+
+    def _arm_request_timer(self, conn: Connection) -> None:
+        served = cast("TimedCodec", conn.codec).served
+        check: Callable[[Connection], bool] = functools.partial(self._slow, served)
+        heapq.heappush(self._deadlines, (time.monotonic() + conn.port.request_timeout,
+                                         conn.id, check))
+
+    def _slow(self, served: int, conn: Connection) -> bool:
+        """True when the connection has had part of a request, and no request completed,
+        for a whole request_timeout; otherwise look again one timeout later."""
+        codec = cast("TimedCodec", conn.codec)
+        if codec.partial and codec.served == served:
+            log.info("request from %s:%d not completed in %gs, closing it", conn.addr[0],
+                     conn.addr[1], conn.port.request_timeout)
+            return True
+        self._arm_request_timer(conn)
+        return False
+
+
+def _loop_timer(conn: Connection) -> bool:
+    """The loop's own ``_deadlines`` entry (conn_id LOOP): handled by ``_expire`` itself."""
+    return False
 
 
 def _handshake_overdue(conn: Connection) -> bool:

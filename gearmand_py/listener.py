@@ -38,18 +38,19 @@ def _keepalive(sock: socket.socket, settings: Settings) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, opt, value)
 
 
-def bind_listeners(settings: Settings, service: str) -> List[socket.socket]:
+def bind_listeners(settings: Settings, service: str,
+                   hosts: Optional[Sequence[str]] = None) -> List[socket.socket]:
     """Bind and listen on ``service`` (a port number or name) at every address of ``-L``
-    (all addresses when empty).
+    (all addresses when empty), or of ``hosts`` when given.
 
     With port 0 the first socket picks the port and the others reuse it.  Raises
     ConfigError with a one-line message when nothing can be bound.
     """
-    hosts: List[Optional[str]] = list(settings.listen) or [None]
+    addresses: List[Optional[str]] = list(settings.listen if hosts is None else hosts)
     sockets: List[socket.socket] = []
     seen = set()
     errors: List[str] = []
-    for host in hosts:
+    for host in addresses or [None]:
         try:
             infos = socket.getaddrinfo(host, service, socket.AF_UNSPEC, socket.SOCK_STREAM,
                                        0, socket.AI_PASSIVE)
@@ -160,10 +161,10 @@ class Listener:
         for msg in self.mailbox.drain():
             if msg[0] == CALL:
                 msg[1]()
-        if not self.listening:          # close_listening() ran: forget the closed sockets
-            for key in list(self._selector.get_map().values()):
-                if key.data is not None:
-                    self._selector.unregister(key.fileobj)
+        open_now = {lsock for lsock, _ in self.listening}
+        for key in list(self._selector.get_map().values()):   # forget closed sockets
+            if key.data is not None and key.fileobj not in open_now:
+                self._selector.unregister(key.fileobj)
 
     def _accept(self, lsock: socket.socket, port: Port) -> None:
         mailboxes = self.io_mailboxes
@@ -172,10 +173,19 @@ class Listener:
             self._turn += 1
             mailbox.put((ADOPT, self.next_conn_id(), sock, addr, port))
 
-    def close_listening(self) -> None:
-        """Stop accepting (graceful stop); on this thread."""
-        close_all(self.listening)
-        self.listening = []
+    def close_listening(self, graceful: bool = False) -> None:
+        """Stop accepting; on this thread.  A graceful stop keeps the ports that stay open
+        (Port.stays_open: metrics) until the end."""
+        closing, kept = split_graceful(self.listening, graceful)
+        close_all(closing)
+        self.listening = kept
+
+
+def split_graceful(listening: Sequence[Listening],
+                   graceful: bool) -> Tuple[List[Listening], List[Listening]]:
+    """(the sockets to close now, the ones kept): a graceful stop keeps Port.stays_open."""
+    closing = [entry for entry in listening if not (graceful and entry[1].stays_open)]
+    return closing, [entry for entry in listening if graceful and entry[1].stays_open]
 
 
 def close_all(listening: Sequence[Listening]) -> None:

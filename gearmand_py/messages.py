@@ -55,7 +55,17 @@ read; a ``Round`` is the list of them from one selector round of one I/O thread.
 
 Replies.  The processor answers with ``Reply`` tuples ``(conn_id, packet)``; a packet of
 ``None`` means "close this connection once its output is flushed", and PAUSE_READ /
-RESUME_READ switch reading of that connection off and on.
+RESUME_READ switch reading of that connection off and on.  A packet that is a tuple is a
+``snapshot.Snapshot`` (plain ints, strings and tuples) answering a SNAPSHOT event; the
+connection's codec renders it into response bytes on the I/O thread.
+
+Metrics (``--metrics-port``, protocol/metrics.py).  The metrics codec turns ``GET /metrics``,
+``/status.json`` and ``/healthz`` into a SNAPSHOT event whose one argument is the VIEW_*
+asked for; the processor answers with a Snapshot of the engine's counters and state.
+Metrics connections are not Gearman peers: no CONNECT/CLOSED reaches the processor for
+them.  Each I/O thread counts bytes and connections itself and, while the metrics port is
+on, reports its totals once a second as an IO_STATS event (conn_id 0) in its next round;
+the processor keeps the latest report of every I/O thread for the next snapshot.
 
 Store units.  A unit's ``Outcome`` is ``(unit_id, error, refused)``: ``error`` is None when
 the unit committed, else one line saying why nothing of it was stored; ``refused`` maps
@@ -92,6 +102,13 @@ CONNECT = -2        # a new connection; args: (fd, ip, port)            (I/O loo
 CLOSED = -3         # the peer closed or the I/O loop dropped it; args: ()  (I/O loop)
 CONGESTED = -4      # output waiting for the peer passed the high-water mark  (I/O loop)
 DRAINED = -5        # ... and fell back under the low-water mark            (I/O loop)
+SNAPSHOT = -6       # a metrics request; args: (VIEW_*,)                 (metrics codec)
+IO_STATS = -7       # an I/O thread's totals, conn_id 0; args: snapshot.IoStats  (I/O loop)
+
+# ---- what a SNAPSHOT event asks for (its one argument) ---------------------------------
+VIEW_METRICS = 0    # GET /metrics: every counter and gauge
+VIEW_STATUS = 1     # GET /status.json: the same plus the workers and their functions
+VIEW_HEALTH = 2     # GET /healthz: accepting, store answering, not shutting down
 
 # ---- flow control: a Reply whose packet is one of these ints (proc -> io-K) ------------
 PAUSE_READ = 0      # stop reading this connection: a client it feeds is congested
@@ -100,7 +117,7 @@ RESUME_READ = 1     # read it again
 Event = Tuple[int, bool, Tuple[Any, ...]]
 ConnEvents = Tuple[int, List[Event]]
 Round = List[ConnEvents]
-Reply = Tuple[int, Union[bytes, None, int]]
+Reply = Tuple[int, Union[bytes, None, int, Tuple[Any, ...]]]
 Outcome = Tuple[int, Optional[str], Dict[int, str]]
 #: The error of a unit not committed by its deadline (store thread and engine alike).
 OVERDUE = "{queue}: store did not answer within {timeout:g} s"

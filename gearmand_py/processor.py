@@ -8,6 +8,11 @@ round, grouped by I/O thread, so each thread gets them in one message and one wa
 it also posts the round's store unit, if any, to the store thread (engine.py, "store
 units"), whose outcome comes back as a STORED message to ``stored``.
 
+Metrics: the processor counts packets by command (one list increment each), stamps every
+round with the monotonic clock (engine.now, for the wait and run-time histograms), keeps
+each I/O thread's latest IO_STATS report and answers SNAPSHOT events with a
+snapshot.Snapshot, which the asking I/O thread renders.
+
 With ``-t N >= 2`` a ProcessorThread runs this on its own thread ("proc"), fed through a
 ``queue.SimpleQueue`` and answering through the I/O threads' mailboxes; with ``-t 0`` and
 ``-t 1`` the I/O loop calls the Processor inline.
@@ -20,12 +25,13 @@ import queue
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from . import admin
+from . import admin, snapshot
 from .engine import Engine
 from .handlers import HANDLERS, REQUESTS
 from .mailbox import Mailbox
-from .messages import (CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, PROTOCOL_ERROR,
-                       REPLIES, STOP, STORED, TEXT, Outcome, Reply, Round)
+from .messages import (CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, IO_STATS,
+                       PROTOCOL_ERROR, REPLIES, SNAPSHOT, STOP, STORED, TEXT, Outcome, Reply,
+                       Round)
 from .protocol.commands import NAMES
 from .threads import ServiceThread
 
@@ -37,6 +43,8 @@ class Processor:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: The latest IO_STATS report of each I/O thread, by io_id.
+        self.io_stats: Dict[int, snapshot.IoStats] = {}
         self._pseudo: Dict[int, Callable[[int, int, Tuple[Any, ...]], None]] = {
             CONNECT: self._connect,
             CLOSED: self._closed,
@@ -44,11 +52,15 @@ class Processor:
             DRAINED: self._drained,
             PROTOCOL_ERROR: self._protocol_error,
             TEXT: self._text,
+            SNAPSHOT: self._snapshot,
+            IO_STATS: self._io_stats,
         }
 
     def handle(self, io_id: int, rnd: Round) -> None:
         engine = self.engine
+        engine.now = time.monotonic()
         conns = engine.conns
+        packets = engine.packets
         pseudo = self._pseudo
         debug = log.isEnabledFor(logging.DEBUG)
         for conn_id, events in rnd:
@@ -59,6 +71,7 @@ class Processor:
                         conn = conns.get(conn_id)
                         if conn is None:
                             break
+                        packets[cmd] += 1
                         if debug:
                             log.debug("%s from %s:%d", NAMES.get(cmd, cmd), conn.ip, conn.port)
                         if not is_req and cmd in REQUESTS:
@@ -93,6 +106,7 @@ class Processor:
             self.engine.drained(peer)
 
     def _protocol_error(self, io_id: int, conn_id: int, args: Tuple[Any, ...]) -> None:
+        self.engine.protocol_errors += 1
         peer = self.engine.conns.get(conn_id)
         if peer is None:
             return
@@ -103,7 +117,16 @@ class Processor:
     def _text(self, io_id: int, conn_id: int, args: Tuple[Any, ...]) -> None:
         peer = self.engine.conns.get(conn_id)
         if peer is not None:
+            peer.admin = True
             admin.run(self.engine, peer, args)
+
+    def _snapshot(self, io_id: int, conn_id: int, args: Tuple[Any, ...]) -> None:
+        """A metrics connection asks for a view (messages.VIEW_*): answer with a Snapshot."""
+        snap = snapshot.take(self.engine, self.io_stats, args[0])
+        self.engine.out.setdefault(io_id, []).append((conn_id, snap))
+
+    def _io_stats(self, io_id: int, conn_id: int, args: Tuple[Any, ...]) -> None:
+        self.io_stats[io_id] = snapshot.IoStats(*args)
 
     def timeout(self) -> Optional[float]:
         """Seconds until the next timer, for the owner's wait call (None = no timer)."""

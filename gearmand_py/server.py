@@ -26,7 +26,7 @@ from . import compat, malloc, queues
 from .engine import Engine, EngineOptions, default_handle_prefix
 from .errors import QueueError
 from .iothread import IOLoop
-from .listener import Listener, Listening, close_all
+from .listener import Listener, Listening, close_all, split_graceful
 from .mailbox import Mailbox
 from .messages import CALL, STOP
 from .processor import Processor, ProcessorThread
@@ -47,6 +47,9 @@ GC_THRESHOLDS = (50_000, 50, 100)
 MIN_MAX_OUTPUT = 64 * 1024 * 1024
 #: ... or this many of the largest packets accepted, whichever is more.
 MAX_OUTPUT_PACKETS = 4
+#: With the metrics port on, each I/O thread reports its byte and connection totals to the
+#: processing thread this often (seconds).
+STATS_INTERVAL = 1.0
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -103,6 +106,7 @@ class Server:
         engine = self.engine = Engine(
             engine_options(settings), backend,
             self.store_thread.inbox.put if self.store_thread is not None else None)
+        engine.queue_stats.backend = settings.queue_type
         self._replay(engine)             # before any thread runs: the backend is ours
         gc.collect()
         gc.freeze()                      # start-up objects are never garbage
@@ -110,16 +114,20 @@ class Server:
         max_output = max(MAX_OUTPUT_PACKETS * settings.max_packet_size, MIN_MAX_OUTPUT)
         next_id = self._next_id
         stall = float(settings.client_stall_timeout)
+        stats = STATS_INTERVAL if settings.metrics_port is not None else 0.0
         if threads == 0:
             self.loops = [IOLoop(0, max_output, processor=Processor(engine),
                                  listening=self.listening, next_conn_id=next_id,
-                                 stall_timeout=stall, mailbox=mailbox)]
+                                 stall_timeout=stall, mailbox=mailbox,
+                                 stats_interval=stats)]
         else:
             if threads == 1:
                 self.loops = [IOLoop(1, max_output, processor=Processor(engine),
-                                     stall_timeout=stall, mailbox=mailbox)]
+                                     stall_timeout=stall, mailbox=mailbox,
+                                 stats_interval=stats)]
             else:
-                self.loops = [IOLoop(i, max_output, post=inbox.put, stall_timeout=stall)
+                self.loops = [IOLoop(i, max_output, post=inbox.put, stall_timeout=stall,
+                                     stats_interval=stats)
                               for i in range(1, threads + 1)]
                 self.proc_thread = ProcessorThread(
                     Processor(engine), inbox,
@@ -145,6 +153,7 @@ class Server:
                 count += 1
         except Exception as exc:
             raise QueueError(f"failed to reload queue: {exc}") from None
+        engine.queue_stats.replayed = count
         if count:
             log.info("replayed %d jobs from the %s queue", count, self.settings.queue_type)
 
@@ -170,7 +179,7 @@ class Server:
     # ---- stopping (main thread) --------------------------------------------------------
     def stop(self, graceful: bool = False) -> None:
         if graceful:
-            self._close_listening()
+            self._close_listening(graceful=True)
             self._on_processor(self._arm_graceful)
             return
         if self.listener is not None:
@@ -194,15 +203,16 @@ class Server:
         else:
             fn()
 
-    def _close_listening(self) -> None:
+    def _close_listening(self, graceful: bool = False) -> None:
+        """Stop accepting: every port, or at a graceful stop those not Port.stays_open."""
         if self.listener is not None:
-            self.listener.close_listening()
+            self.listener.close_listening(graceful)
         elif self.loops:
             loop = self.loops[0]
-            for lsock, _ in loop.listening:
+            closing, loop.listening = split_graceful(loop.listening, graceful)
+            for lsock, _ in closing:
                 loop.unregister(lsock.fileno())
-            close_all(loop.listening)
-            loop.listening = []
+            close_all(closing)
 
     def _join(self, thread: threading.Thread) -> None:
         thread.join(JOIN_TIMEOUT)

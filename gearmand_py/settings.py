@@ -11,6 +11,7 @@ Runs on the main thread at start-up only.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import pwd
 import re
@@ -48,6 +49,12 @@ MAX_THREADS = 1024
 MAX_HANDLE_PREFIX = 63
 PORT_ENV = "GEARMAND_PORT"
 LOG_FORMATS = ("text", "json")
+#: Where the metrics port listens unless --metrics-address says otherwise.
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
+#: The package the metrics port renders with, and the extra that installs it.
+METRICS_PACKAGE = "prometheus_client"
+METRICS_MISSING = (f"--metrics-port needs the Python package {METRICS_PACKAGE} "
+                   "(pip install 'gearmand-py[metrics]')")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +103,8 @@ class Settings:
     ssl_handshake_timeout: int = DEFAULT_SSL_HANDSHAKE_TIMEOUT
     client_stall_timeout: int = DEFAULT_CLIENT_STALL_TIMEOUT
     queue_timeout: int = DEFAULT_QUEUE_TIMEOUT
+    metrics_port: Optional[int] = None    # None = no metrics port (protocol/metrics.py)
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
 
     def queue_option(self, name: str) -> object:
         """Queue option ``name``'s value, else the default its module declares (or None)."""
@@ -157,9 +166,11 @@ VALUE_PARSERS: Dict[str, Callable[[str], object]] = {
 
 
 GENERAL = "General options"
+METRICS = "Metrics"
 #: Sections in gearmand 1.1.20's --help order; the queue modules' sections come from the
-#: registry, in the same order (libdrizzle and libtokyocabinet, absent from Debian's, last).
-SECTIONS = [GENERAL, "HTTP", "Gear"] + queues.sections()
+#: registry, in the same order (libdrizzle and libtokyocabinet, absent from Debian's, last);
+#: then this implementation's own.
+SECTIONS = [GENERAL, "HTTP", "Gear"] + queues.sections() + [METRICS]
 
 
 def _o(name: str, short: Optional[str], kind: str, default: object, help: str,
@@ -272,6 +283,15 @@ OPTIONS: List[Option] = [
        limits=(1, 3600)),
     # the queue modules' rows (each gearmand_py/queues/<module>.py declares its own)
     *queues.option_rows(),
+    # Metrics
+    _o("metrics-port", None, "u16", None,
+       "Serve Prometheus metrics (GET /metrics), a health check (GET /healthz) and a live "
+       "status page (GET /) over HTTP on this port. Off unless given; needs the Python "
+       "package prometheus_client. (gearmand-py extension)", section=METRICS,
+       extension=True),
+    _o("metrics-address", None, "str", DEFAULT_METRICS_ADDRESS,
+       "Address the metrics port listens on (not -L's). (gearmand-py extension)",
+       section=METRICS, extension=True),
 ]
 
 BY_LONG: Dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -549,6 +569,11 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
         scope = _choice(v, "priority-scope", compat.PRIORITY_SCOPES)
     queue_type = canonical_queue(str(v["queue-type"]))
     queues.validate(v)
+    if v["metrics-port"] is not None:
+        try:
+            importlib.import_module(METRICS_PACKAGE)
+        except ImportError:
+            raise ConfigError(METRICS_MISSING) from None
     user = v["user"]
     if user is not None:
         try:

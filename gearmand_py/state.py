@@ -1,7 +1,9 @@
 """Job-engine records: connections, functions and jobs as the processing thread sees them.
 
 Only the processing thread creates or mutates these objects (other threads never see them).
-Also gearmand's one-at-a-time hash, used to list functions and jobs in gearmand's order.
+Also gearmand's one-at-a-time hash, used to list functions and jobs in gearmand's order,
+and the per-function counters the metrics endpoint reports (``FunctionStats``): plain ints
+the engine bumps where it already works; snapshot.py copies them out.
 """
 
 from __future__ import annotations
@@ -13,6 +15,18 @@ HIGH, NORMAL, LOW = 0, 1, 2
 PRIORITIES = (HIGH, NORMAL, LOW)
 #: Bucket count of gearmand's function table (fixed in 1.1.20).
 FUNCTION_BUCKETS = 991
+
+#: Histograms (queue wait, run time) are fixed bucket counts.  Slot i < HIST_FINITE counts
+#: durations d with HIST_BOUNDS[i-1] < d <= HIST_BOUNDS[i] (Prometheus' ``le``), the last
+#: slot the longer ones; the slot of a duration is ``bisect_left(HIST_BOUNDS, d)``: one C
+#: call, nothing allocated.
+HIST_FIRST = 0.0001
+HIST_FINITE = 21
+HIST_BOUNDS = tuple(HIST_FIRST * 2 ** i for i in range(HIST_FINITE))
+
+#: How a job ended, the index into FunctionStats.results.
+RESULT_COMPLETE, RESULT_FAIL, RESULT_EXCEPTION = 0, 1, 2
+RESULTS = ("complete", "fail", "exception")
 
 
 def gearman_hash(key: bytes) -> int:
@@ -50,13 +64,35 @@ class Ability:
         self.timeout_ms = timeout_ms
 
 
+class FunctionStats:
+    """One function's counters since it was created (they go when ``drop function`` removes
+    it; Prometheus takes that as a counter reset)."""
+
+    __slots__ = ("submitted", "coalesced", "rejected", "results", "retried", "dropped",
+                 "cancelled", "wait", "wait_sum", "run", "run_sum")
+
+    def __init__(self) -> None:
+        #: jobs created by client submits, [background][priority]
+        self.submitted = ([0] * len(PRIORITIES), [0] * len(PRIORITIES))
+        self.coalesced = 0          # submits that joined a job with the same unique key
+        self.rejected = 0           # refused: queue full (maxqueue) or not stored
+        self.results = [0, 0, 0]    # by RESULT_*: WORK_COMPLETE, WORK_FAIL, WORK_EXCEPTION
+        self.retried = 0            # requeued after its worker left, timed out or CANT_DO
+        self.dropped = 0            # ... and removed instead, having reached -j attempts
+        self.cancelled = 0          # admin "cancel job"
+        self.wait = [0] * (HIST_FINITE + 1)   # queued -> assigned (per assignment)
+        self.wait_sum = 0.0
+        self.run = [0] * (HIST_FINITE + 1)    # assigned -> WORK_COMPLETE/FAIL/EXCEPTION
+        self.run_sum = 0.0
+
+
 class Peer:
     """A client/worker/admin connection as the processing thread knows it (the I/O thread's
     view of the same socket is iothread.Connection; both share the connection id)."""
 
     __slots__ = ("id", "io_id", "fd", "ip", "port", "client_id", "abilities", "sleeping",
                  "noop_sent", "exceptions", "held", "listening", "seq", "congested", "holding",
-                 "pausers", "pending")
+                 "pausers", "pending", "admin")
 
     def __init__(self, conn_id: int, io_id: int, fd: int, ip: str, port: int, seq: int,
                  exceptions: bool) -> None:
@@ -82,11 +118,12 @@ class Peer:
         # Replies queued behind a JOB_CREATED that waits for its store commit (engine.send):
         # packets, and one-element lists for replies not known yet.  None when empty.
         self.pending: Optional[Deque[object]] = None
+        self.admin = False                       # has sent an admin text line
 
 
 class Function:
     __slots__ = ("name", "queues", "workers", "total", "running", "max_queue", "wake_pos",
-                 "by_unique", "seq")
+                 "by_unique", "seq", "stats")
 
     def __init__(self, name: bytes, seq: int) -> None:
         self.name = name
@@ -98,6 +135,7 @@ class Function:
         self.max_queue = [0, 0, 0]         # per priority; 0 = unlimited
         self.wake_pos = 0
         self.by_unique: Dict[bytes, Job] = {}
+        self.stats = FunctionStats()
 
     def queued(self) -> int:
         q = self.queues
@@ -107,11 +145,11 @@ class Function:
 class Job:
     __slots__ = ("handle", "function", "unique", "key", "data", "priority", "background",
                  "when", "reducer", "clients", "worker", "numerator", "denominator",
-                 "retries", "ignored", "persisted", "token", "seq")
+                 "retries", "ignored", "persisted", "token", "seq", "stamp")
 
     def __init__(self, handle: bytes, function: Function, unique: bytes, key: Optional[bytes],
                  data: bytes, priority: int, background: bool, when: int, reducer: bytes,
-                 seq: int) -> None:
+                 seq: int, stamp: float = 0.0) -> None:
         self.handle = handle
         self.function = function
         self.unique = unique
@@ -132,3 +170,4 @@ class Job:
         self.ignored = False
         self.persisted = False
         self.token = 0                     # bumped on every assignment (timer validity)
+        self.stamp = stamp                 # Engine.now when (re)queued, then when assigned

@@ -23,6 +23,7 @@ APT_PACKAGES=(
   build-essential sysvinit-utils            # native launcher build; /lib/lsb/init-functions
   systemd                                   # systemd-analyze verify/security, systemd-sysusers
   git                                       # the sdist test compares with git ls-files
+  prometheus chromium                       # metrics port: real scraper, status page
 )
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq

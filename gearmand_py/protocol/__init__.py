@@ -3,9 +3,11 @@
 A protocol is a module in this package that defines ``PLUGIN`` (a ``Plugin``).  At start-up
 the main thread asks every plugin on which port it listens (``listen_port(settings)``, None
 when it is off) and builds its ``Port``: the protocol's name, the factory of its
-per-connection codec and, for the Gear port with ``--ssl``, a TLS context.  Each listening
-socket carries its Port; the I/O thread that adopts a connection makes the codec and from
-then on knows it only through the ``Codec`` interface below, never by protocol name.
+per-connection codec and, for the Gear port with ``--ssl``, a TLS context.  A plugin
+binds the ``-L`` addresses unless it names its own (``listen_hosts``, e.g.
+``--metrics-address``).  Each listening socket carries its Port; the I/O thread that
+adopts a connection makes the codec and from then on knows it only through the ``Codec``
+interface below, never by protocol name.
 
 Adding a protocol means one new module here (and its options in the option table).
 """
@@ -16,7 +18,7 @@ import dataclasses
 import importlib
 import pkgutil
 import ssl
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Protocol
@@ -30,7 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
         #: True when replies go out exactly as packed and ``interim``/``backlog``/``closing``
         #: never change (the I/O thread then skips them on its hot path).
         passthrough: bool
-        #: Set once the codec wants its connection closed after the replies queued so far.
+        #: Set once the codec wants its connection closed after the replies queued so far
+        #: (set by ``feed`` together with ``interim``: once those bytes are sent).
         closing: bool
         #: Bytes to send before any reply (e.g. HTTP's "100 Continue"); the I/O thread
         #: takes them after each ``feed`` and empties it.
@@ -46,8 +49,9 @@ if TYPE_CHECKING:  # pragma: no cover
         def feed(self, data: bytes) -> List[Event]:
             """Bytes in; the complete requests (and pseudo-events) they finish, out."""
 
-        def respond(self, packet: bytes) -> Optional[bytes]:
-            """A reply packet from the processor -> the bytes to send (None: nothing yet)."""
+        def respond(self, packet: Any) -> Optional[bytes]:
+            """A reply packet from the processor (bytes; a snapshot.Snapshot for the
+            metrics codec) -> the bytes to send (None: nothing yet)."""
 else:
     Codec = object
 
@@ -61,6 +65,15 @@ class Port:
     tls: Optional[ssl.SSLContext] = None        # wrap accepted sockets (server side)
     handshake_timeout: float = 0.0              # seconds to finish the TLS handshake
     note: str = ""                              # appended to the "Initializing" log line
+    #: Its connections are Gearman peers: the processor hears of them (CONNECT/CLOSED).
+    #: False for the metrics port, whose requests reach the processor only as SNAPSHOT.
+    announce: bool = True
+    #: Keeps listening during a graceful stop (the metrics port: watch the drain).
+    stays_open: bool = False
+    #: Close a connection whose request stays incomplete this long (seconds; 0 = never):
+    #: slow clients.  Its codec then also has ``served`` (requests completed so far) and
+    #: ``partial`` (part of a request is buffered and the client owes the rest).
+    request_timeout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +87,8 @@ class Plugin:
     listen_port: Callable[["Settings"], Optional[str]]
     #: Builds the Port (may raise ConfigError, e.g. an unreadable TLS key).
     open: Callable[["Settings"], Port]
+    #: The addresses to bind, when not -L's.
+    listen_hosts: Optional[Callable[["Settings"], Tuple[str, ...]]] = None
 
 
 def plugins() -> List[Plugin]:

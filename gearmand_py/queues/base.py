@@ -12,6 +12,11 @@ Threads: ``open``/``replay`` run on the main thread before the store thread star
 ``close``/``save_on_shutdown`` after it stopped; everything else runs on the store thread
 (store.py), one call at a time.  ``Driver.require`` runs on the main thread while the
 options are checked (``--check-args`` included).
+
+``QueueStats`` is what the metrics endpoint shows of the queue: plain counters that the
+engine (processing thread) updates around its backend calls and the server sets at
+start-up.  A backend may also define ``ping()`` (raise when its store does not answer);
+``GET /healthz`` calls it when present.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Dict, Iterator, Mapping, NamedTuple, Protocol, Sequence, Tupl
 from ..errors import ConfigError
 from ..state import HIGH, LOW, NORMAL
 
-__all__ = ["HIGH", "LOW", "NORMAL", "Driver", "Key", "QueueBackend", "Refused", "StoredJob",
+__all__ = ["HIGH", "LOW", "NORMAL", "Driver", "Key", "QueueBackend", "QueueStats", "Refused",
+           "StoredJob",
            "one_line", "stored_priority"]
 
 
@@ -70,6 +76,23 @@ class QueueBackend(Protocol):
     def replay(self) -> Iterator[StoredJob]: ...
 
     def close(self) -> None: ...
+
+
+class QueueStats:
+    """The queue as the metrics endpoint shows it (processing thread only)."""
+
+    __slots__ = ("backend", "writes", "commits", "deletes", "errors", "connected", "replayed",
+                 "last_error")
+
+    def __init__(self, backend: str = "builtin") -> None:
+        self.backend = backend      # the -q name
+        self.writes = 0             # jobs handed to the store thread to add
+        self.commits = 0            # store units committed (group commits)
+        self.deletes = 0            # jobs handed to the store thread to remove (done)
+        self.errors = 0             # units that failed or were not answered in time
+        self.connected = 1          # 0 after a failed unit, 1 again after one that worked
+        self.replayed = 0           # jobs read back at start-up
+        self.last_error = ""        # one line: why connected is 0
 
 
 def stored_priority(value: object) -> int:
