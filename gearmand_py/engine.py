@@ -437,6 +437,7 @@ class Engine:
             why = error if error is not None else refused.get(i)
             if why is not None:
                 reasons[job] = why
+                job.function.stats.rejected += 1
                 self._tell_clients_fail(job)
                 self._forget(job)
             elif self.jobs.get(job.handle) is job:
@@ -628,7 +629,14 @@ class Engine:
         job.worker = conn
         job.token += 1
         conn.held[job.handle] = job
-        job.function.running += 1
+        func = job.function
+        func.running += 1
+        stats = func.stats
+        now = self.now
+        waited = now - job.stamp
+        stats.wait[bisect_left(HIST_BOUNDS, waited)] += 1
+        stats.wait_sum += waited
+        job.stamp = now
         if ability.timeout_ms > 0:
             self.add_timer(time.monotonic() + ability.timeout_ms / 1000.0,
                            TIMER_WORKER_TIMEOUT, job, job.token)

@@ -25,6 +25,7 @@ import pytest
 
 from gearproto import Conn, grab, submit, wait_for
 from support import Factory, Server, free_low_port, only_ours, require, server_env
+from test_engine_inprocess import engine_options
 
 pytestmark = only_ours
 
@@ -263,8 +264,8 @@ def test_healthz_store_down(server_factory: Factory, tmp_path: object) -> None:
     s = scrape(mport)
     assert value(s, "gearman_queue_connected") == 0
     assert value(s, "gearman_queue_errors_total") == 1
-    assert value(s, "gearman_queue_writes_total") == 1
-    assert value(s, "gearman_queue_commits_total") == 1
+    assert value(s, "gearman_queue_writes_total") == 2      # both handed to the store
+    assert value(s, "gearman_queue_commits_total") == 1     # one unit committed
     assert value(s, "gearman_jobs_rejected_total", function="sfn") == 1
     assert value(s, "gearman_healthy") == 0
 
@@ -429,14 +430,14 @@ def test_codec_turns_requests_into_snapshot_events() -> None:
 def test_histogram_slots_follow_le() -> None:
     """A duration lands in the first bucket whose bound it does not exceed; longer than the
     last bound is +Inf only; the exposition's buckets are cumulative."""
-    from gearmand_py.engine import Engine, EngineOptions
+    from gearmand_py.engine import Engine
     from gearmand_py.exposition import SnapshotCollector
     from gearmand_py.messages import VIEW_METRICS
     from gearmand_py.queues.builtin import BuiltinQueue
     from gearmand_py.snapshot import take
     from gearmand_py.state import HIST_FINITE, NORMAL, RESULT_COMPLETE
 
-    engine = Engine(EngineOptions("H:t", False, 0, 0, False, "ERROR", 1), BuiltinQueue())
+    engine = Engine(engine_options(), BuiltinQueue())
     client = engine.connect(1, 0, 5, "127.0.0.1", 1)
     worker = engine.connect(2, 0, 6, "127.0.0.1", 2)
     engine.can_do(worker, b"f", 0)
