@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import proto
 
 Result = Dict[str, Any]
-RECV_SIZE = 65536  # above 64 KiB CPython's recv() gets much slower (design.md)
+RECV_SIZE = 65536  # above 64 KiB CPython's recv() gets much slower (measured)
 BIG_RECV = 1 << 20  # recv_into a preallocated buffer has no such penalty: used for big packets
 INITIAL_BUF = 256 << 10
 
@@ -337,10 +337,13 @@ class BgSubmitter(Role):
     """Pipelined SUBMIT_JOB_BG: keep ``window`` submits in flight per connection; count
     JOB_CREATED (and ERROR) replies until ``jobs`` have been answered."""
 
+    #: The reply that answers one request.
+    reply = proto.JOB_CREATED
+
     def __init__(self, port: int, func: bytes, conns: int, window: int, payload: bytes,
                  jobs: int, stop: Any = None) -> None:
         super().__init__(port, stop)
-        self.pkt = proto.submit(func, payload, background=True)
+        self.pkt = self.request(func, payload)
         self.nconns = conns
         self.window = window
         self.jobs = jobs
@@ -350,13 +353,18 @@ class BgSubmitter(Role):
         self.stopping = False
         self.t_end = 0.0
 
+    @staticmethod
+    def request(func: bytes, payload: bytes) -> bytes:
+        return proto.submit(func, payload, background=True)
+
     def setup(self) -> None:
         open_shares(self.loop, self.port, self.nconns, self.jobs, self.on_packets)
 
     def on_packets(self, conn: Conn, buf: bytearray, pkts: List[Tuple[int, int, int]]) -> None:
         k = 0
+        reply = self.reply
         for cmd, _a, _b in pkts:
-            if cmd == proto.JOB_CREATED:
+            if cmd == reply:
                 k += 1
             elif cmd == proto.ERROR:
                 self.errors += 1
@@ -394,6 +402,16 @@ class BgSubmitter(Role):
             self.t_end = time.monotonic()
         return {"jobs": self.created - self.errors, "errors": self.errors,
                 "t_end": self.t_end}
+
+
+class Pinger(BgSubmitter):
+    """ECHO_REQ round trips, ``window`` in flight per connection (``func`` is unused)."""
+
+    reply = proto.ECHO_RES
+
+    @staticmethod
+    def request(func: bytes, payload: bytes) -> bytes:
+        return proto.echo(payload)
 
 
 class DrainWorkers(Role):
@@ -525,17 +543,19 @@ class RunOutcome:
         self.machine_cpu = machine_cpu
         self.machine_wall = max(machine_wall, 1e-9)
 
-    def metrics(self) -> Result:
-        """CPU use in cores over the measured interval: generator processes, server process,
-        and the whole machine (which also holds kernel loopback work charged to nobody);
-        ``gen_share`` is the generator's part of the CPU the processes were charged."""
-        if self.wall < 0.25:  # a few clock ticks: the CPU figures would be noise
-            return {}
-        total = self.gen_cpu + self.server_cpu
+    def metrics(self, ops: int) -> Result:
+        """CPU use over the measured interval, in cores and in µs per operation (``ops``
+        jobs, submits or echoes): generator processes (``gen_cpu_max`` is the busiest
+        single process, each being one thread), server process, and the whole machine
+        (which also holds kernel loopback work charged to nobody).  Server CPU comes from
+        /proc/PID/stat in clock ticks, so intervals under ~0.25 s are coarse."""
+        per_proc = [r.get("cpu", 0.0) for r in self.results]
         return {"gen_cpu": self.gen_cpu / self.wall,
+                "gen_cpu_max": max(per_proc, default=0.0) / self.wall,
                 "server_cpu": self.server_cpu / self.wall,
                 "machine_cpu": self.machine_cpu / self.machine_wall,
-                "gen_share": self.gen_cpu / total if total else 0.0}
+                "server_us": self.server_cpu / ops * 1e6 if ops else None,
+                "gen_us": self.gen_cpu / ops * 1e6 if ops else None}
 
 
 def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit: float,
