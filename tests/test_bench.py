@@ -103,8 +103,9 @@ def test_issue8_bench_native_quick_ours_and_c(cache: str) -> None:
 def test_issue8_bench_table_marks(cache: str) -> None:
     """The table carries CPU per job, the better direction and the bound legend."""
     proc = run_bench("--quick", "-t", "0", "-w", "fg,ping", "--no-progress",
-                     cache_home=cache)
+                     "--quiet-wait", "0.2", cache_home=cache)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cores busy before" in proc.stdout
     head = "| workload | -t | server | median | ratio to py | server CPU µs/job |"
     assert head in proc.stdout
     assert "| fg (jobs/s) | 0 | py |" in proc.stdout

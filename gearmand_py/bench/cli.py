@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-json", metavar="FILE", default=None,
                    help="do not run anything: re-render the table (or --plot) from a saved "
                         "--json output")
+    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="on a shared machine: before each measurement wait up to SECONDS "
+                        "until the CPUs are nearly idle (default 0: do not wait)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell")
     return p
@@ -246,7 +249,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     load_start = os.getloadavg()[0]
     try:
         results = runner.run(specs, workloads, params, rounds, args.point_threads,
-                             progress=not args.no_progress, keep_going=not args.fail_fast)
+                             progress=not args.no_progress, keep_going=not args.fail_fast,
+                             quiet_wait=args.quiet_wait)
     except KeyboardInterrupt:
         stop_all()
         print("\ngearmand-bench: interrupted; servers stopped", file=sys.stderr)
@@ -263,6 +267,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                     for s in specs],
         "params": params.as_dict(), "point_threads": args.point_threads,
         "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg()[0],
+        "quiet_wait": args.quiet_wait,
         "generator": params.generator, "capacity_valid": note is None,
         "generator_warning": note,
     }

@@ -124,6 +124,9 @@ def table(results: List[CellResult], baseline: str, cpus: int,
         base = c.server == baseline
         details = ", ".join(fmt.format(_fmt(med[k])) for k, fmt in DETAILS[c.workload]
                             if k in med)
+        if "busy_before" in med:
+            details = (details + ", " if details else "") + \
+                f"{med['busy_before']:.2f} cores busy before"
         if c.errors:
             details = (details + "; " if details else "") + f"{len(c.errors)} failed: " + \
                 c.errors[0][:80].replace("|", "/")
