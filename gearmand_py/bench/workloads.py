@@ -37,8 +37,9 @@ class Params:
     native_procs: int = 1      # native generator processes (one epoll loop each)
     procs: int = 2             # Python generator processes per side (clients / workers)
     payload: int = 100         # bytes per job for fg, bg, drain, mem
-    fg_clients: int = 16
-    fg_workers: int = 4
+    # Enough requests in flight that the server, not round-trip latency, is the limit.
+    fg_clients: int = 64
+    fg_workers: int = 16
     fg_jobs: int = 1_000_000
     fg_time: float = 2.0
     # bg and drain are bounded by their counts (the time limits are a safety net), so every
@@ -48,10 +49,10 @@ class Params:
     bg_jobs: int = 400_000
     bg_time: float = 20.0
     drain_jobs: int = 100_000
-    drain_workers: int = 4
+    drain_workers: int = 16
     drain_depth: int = 1       # GRAB_JOBs in flight per worker
     drain_time: float = 20.0
-    ping_conns: int = 16
+    ping_conns: int = 64
     ping_depth: int = 1        # ECHO_REQs in flight per connection
     ping_payload: int = 4
     ping_jobs: int = 2_000_000
