@@ -179,8 +179,9 @@ def have_matplotlib() -> bool:
 
 
 def plot(results: List[CellResult], path: str) -> None:
-    """Throughput against -t for each server, one panel per sweep workload (call
-    :func:`have_matplotlib` first)."""
+    """Per sweep workload, one column: throughput against -t for each server (top) and the
+    server's CPU µs per job (bottom; the steadier figure on a shared machine).  Call
+    :func:`have_matplotlib` first."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,25 +191,28 @@ def plot(results: List[CellResult], path: str) -> None:
              any(c.workload == w and c.rounds for c in results)]
     if not names:
         raise RuntimeError("--plot: no throughput workload results to draw")
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
-    for ax, w in zip(axes[0], names):
+    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.6), squeeze=False)
+    for col, w in enumerate(names):
         wl = WORKLOADS[w]
         servers: List[str] = []
         for c in results:
             if c.workload == w and c.server not in servers:
                 servers.append(c.server)
-        for s in servers:
-            pts = sorted((c.threads, c.median().get(wl.metric)) for c in results
-                         if c.workload == w and c.server == s and c.rounds)
-            xs = [t for t, v in pts if v is not None]
-            ys = [v for t, v in pts if v is not None]
-            ax.plot(xs, ys, marker="o", label=s)
-        ax.set_title(f"{w}: {wl.title}", fontsize=8)
-        ax.set_xlabel("-t (I/O threads)")
-        ax.set_ylabel(wl.unit)
-        ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        for row, key, label in ((0, wl.metric, wl.unit), (1, "server_us", "server CPU µs/job")):
+            ax = axes[row][col]
+            for s in servers:
+                pts = sorted((c.threads, c.median().get(key)) for c in results
+                             if c.workload == w and c.server == s and c.rounds)
+                xs = [t for t, v in pts if v is not None]
+                ys = [v for t, v in pts if v is not None]
+                ax.plot(xs, ys, marker="o", label=s)
+            ax.set_title(f"{w}: {wl.title}" if row == 0 else
+                         f"{w}: server CPU per job (lower is better)", fontsize=8)
+            ax.set_xlabel("-t (I/O threads)")
+            ax.set_ylabel(label)
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
