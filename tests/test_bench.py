@@ -22,7 +22,7 @@ from support import C_GEARMAND, IN_CI, require
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = ["fg", "bg", "drain", "ping", "big", "idle", "mem", "status"]
 SWEEP = ["fg", "bg", "drain", "ping", "big"]
-BOUNDS = {"server", "server, machine full", "GENERATOR!", "MACHINE!", "latency"}
+BOUNDS = {"server", "server, machine full", "GENERATOR!", "STARVED!", "MACHINE!", "latency"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,8 @@ def check_results(doc: Dict[str, Any], servers: List[str], threads: List[int],
         assert c["server_us_per_job"] is not None and c["server_us_per_job"] >= 0, c
         assert c["gen_us_per_job"] is not None and c["gen_us_per_job"] > 0, c
         assert c["bound"] in BOUNDS, c
-        assert set(c["saturated"]) == {"generator", "server", "machine"}
+        assert set(c["saturated"]) == {"generator", "server", "server_demand", "machine"}
+        assert c["median"]["server_demand"] >= c["median"]["server_cpu"]
         assert c["cpu_ratio_better"] == "lower is better"
     fg = [c for c in cells if c["workload"] == "fg"]
     assert all(c["median"]["p99_ms"] >= c["median"]["p50_ms"] > 0 for c in fg)

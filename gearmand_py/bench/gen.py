@@ -534,7 +534,8 @@ class RunOutcome:
     """What :func:`run_roles` measured: per-role results, wall time, CPU use."""
 
     def __init__(self, results: List[Result], t_go: float, t_end: float, gen_cpu: float,
-                 server_cpu: float, machine_cpu: float, machine_wall: float) -> None:
+                 server_cpu: float, machine_cpu: float, machine_wall: float,
+                 server_wait: float = 0.0) -> None:
         self.results = results
         self.t_go = t_go
         self.wall = max(t_end - t_go, 1e-9)
@@ -542,24 +543,29 @@ class RunOutcome:
         self.server_cpu = server_cpu
         self.machine_cpu = machine_cpu
         self.machine_wall = max(machine_wall, 1e-9)
+        self.server_wait = server_wait
 
     def metrics(self, ops: int) -> Result:
         """CPU use over the measured interval, in cores and in µs per operation (``ops``
         jobs, submits or echoes): generator processes (``gen_cpu_max`` is the busiest
         single process, each being one thread), server process, and the whole machine
         (which also holds kernel loopback work charged to nobody).  Server CPU comes from
-        /proc/PID/stat in clock ticks, so intervals under ~0.25 s are coarse."""
+        /proc/PID/stat in clock ticks, so intervals under ~0.25 s are coarse.
+        ``server_demand`` adds the time the server's threads waited for a CPU: near one
+        core or more, the server always had work, whoever held the CPU."""
         per_proc = [r.get("cpu", 0.0) for r in self.results]
         return {"gen_cpu": self.gen_cpu / self.wall,
                 "gen_cpu_max": max(per_proc, default=0.0) / self.wall,
                 "server_cpu": self.server_cpu / self.wall,
+                "server_demand": (self.server_cpu + self.server_wait) / self.wall,
                 "machine_cpu": self.machine_cpu / self.machine_wall,
                 "server_us": self.server_cpu / ops * 1e6 if ops else None,
                 "gen_us": self.gen_cpu / ops * 1e6 if ops else None}
 
 
 def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit: float,
-              setup_timeout: float = 60.0) -> RunOutcome:
+              setup_timeout: float = 60.0,
+              server_wait: Callable[[], float] = lambda: 0.0) -> RunOutcome:
     """Run each role in its own process (fork); return once every primary role is done.
 
     ``time_limit`` bounds the measured phase; the parent waits at most ``time_limit + 10``
@@ -585,6 +591,7 @@ def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit
             if msg == "error":
                 raise RuntimeError(f"generator setup failed:\n{info}")
         cpu0 = server_cpu()
+        wait0 = server_wait()
         mach0 = cpu_machine()
         t_go = time.monotonic()
         deadline = t_go + time_limit
@@ -598,6 +605,7 @@ def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit
         for i in order:
             if cpu1 is None and not roles[i].primary:
                 cpu1 = server_cpu()
+                wait1 = server_wait()
                 mach1 = cpu_machine()
                 t_mach = time.monotonic()
                 stop.set()
@@ -610,13 +618,14 @@ def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit
             results[i] = res
         if cpu1 is None:
             cpu1 = server_cpu()
+            wait1 = server_wait()
             mach1 = cpu_machine()
             t_mach = time.monotonic()
         final = [r if r is not None else {} for r in results]
         t_end = max(r["t_end"] for r, role in zip(final, roles) if role.primary)
         gen_cpu = sum(r.get("cpu", 0.0) for r in final)
         return RunOutcome(final, t_go, t_end, gen_cpu, cpu1 - cpu0, mach1 - mach0,
-                          t_mach - t_go)
+                          t_mach - t_go, wait1 - wait0)
     finally:
         stop.set()
         for p in procs:

@@ -20,7 +20,7 @@ import select
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..launcher import BuildError, _find_compiler
 from .gen import Result, RunOutcome, cpu_machine
@@ -145,9 +145,11 @@ def args(opts: Dict[str, Any]) -> List[str]:
 
 
 def run(exe: str, port: int, mode: str, per_proc: Sequence[Dict[str, Any]],
-        server_cpu: Any) -> RunOutcome:
+        server_cpu: Callable[[], float],
+        server_wait: Callable[[], float] = lambda: 0.0) -> RunOutcome:
     """Run one generator process per ``per_proc`` options dict; return once all have
-    reported, with the server's CPU (``server_cpu()``, seconds) over the same interval."""
+    reported, with the server's CPU and run-queue wait (``server_cpu()``,
+    ``server_wait()``, seconds) over the same interval."""
     procs: List[_Proc] = []
     try:
         for opts in per_proc:
@@ -158,6 +160,7 @@ def run(exe: str, port: int, mode: str, per_proc: Sequence[Dict[str, Any]],
                 raise RuntimeError(f"generator said something else than ready{p.tail()}")
         limit = max(float(o.get("time", 2.0)) for o in per_proc)
         cpu0 = server_cpu()
+        wait0 = server_wait()
         mach0 = cpu_machine()
         t_go = time.monotonic()
         for p in procs:
@@ -167,6 +170,7 @@ def run(exe: str, port: int, mode: str, per_proc: Sequence[Dict[str, Any]],
         for p in procs:
             results.append(json.loads(p.line(deadline, "its result")))
         cpu1 = server_cpu()
+        wait1 = server_wait()
         mach1 = cpu_machine()
         t_mach = time.monotonic()
     finally:
@@ -175,4 +179,4 @@ def run(exe: str, port: int, mode: str, per_proc: Sequence[Dict[str, Any]],
     t_start = min(r["t_start"] for r in results)
     t_end = max(r["t_end"] for r in results)
     return RunOutcome(results, t_start, t_end, sum(r["cpu"] for r in results), cpu1 - cpu0,
-                      mach1 - mach0, t_mach - t_go)
+                      mach1 - mach0, t_mach - t_go, wait1 - wait0)

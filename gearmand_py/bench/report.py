@@ -38,6 +38,9 @@ BOUNDS = {
     "server": "the server used >= 0.9 core: its capacity",
     "server, machine full": "the server used >= 0.9 core while all CPUs were busy",
     "GENERATOR!": "a generator process used >= 0.9 core: NOT the server's capacity",
+    "STARVED!": "all CPUs busy; the server had work (ran or waited for a CPU) >= 0.9 of "
+                "the time but got < 0.9 core: the generator kept up, other processes took "
+                "the CPU; NOT the server's capacity (compare CPU µs/job)",
     "MACHINE!": "all CPUs busy and the server below 0.9 core: NOT the server's capacity",
     "latency": "nothing saturated: bound by round-trip latency, not a capacity figure",
 }
@@ -51,6 +54,7 @@ def saturation(med: Dict[str, Any], cpus: int) -> Dict[str, bool]:
     """Which side was saturated over the measured interval (medians of the rounds)."""
     return {"generator": med.get("gen_cpu_max", med.get("gen_cpu", 0.0)) >= GEN_SATURATED,
             "server": med.get("server_cpu", 0.0) >= SERVER_SATURATED,
+            "server_demand": med.get("server_demand", 0.0) >= SERVER_SATURATED,
             "machine": med.get("machine_cpu", 0.0) >= MACHINE_SATURATED * cpus}
 
 
@@ -63,7 +67,9 @@ def bound(med: Dict[str, Any], cpus: int) -> str:
         return "GENERATOR!"
     if sat["server"]:
         return "server, machine full" if sat["machine"] else "server"
-    return "MACHINE!" if sat["machine"] else "latency"
+    if sat["machine"]:
+        return "STARVED!" if sat["server_demand"] else "MACHINE!"
+    return "latency"
 
 
 def _ratios(results: List[CellResult], baseline: str, key: Any
@@ -113,7 +119,8 @@ def table(results: List[CellResult], baseline: str, cpus: int,
     crat = cpu_ratios(results, baseline)
     rows = warning_lines(generator_note) + [
         f"| workload | -t | server | median | ratio to {baseline} | server CPU µs/job | "
-        f"CPU ratio to {baseline} | gen CPU µs/job | cores gen/server/machine | bound | "
+        f"CPU ratio to {baseline} | gen CPU µs/job | cores gen / server (+waiting for a "
+        "CPU) / machine | bound | "
         "rounds | details |",
         "|---|---:|---|---:|---|---:|---|---:|---|---|---:|---|"]
     order = sorted(results, key=lambda c: (list(WORKLOADS).index(c.workload), c.threads))
@@ -132,8 +139,9 @@ def table(results: List[CellResult], baseline: str, cpus: int,
                 c.errors[0][:80].replace("|", "/")
         cores = srv_us = gen_us = ""
         if "server_cpu" in med:
-            cores = (f"{med.get('gen_cpu', 0):.2f} / {med['server_cpu']:.2f} / "
-                     f"{med.get('machine_cpu', 0):.2f}")
+            wait = med.get("server_demand", med["server_cpu"]) - med["server_cpu"]
+            cores = (f"{med.get('gen_cpu', 0):.2f} / {med['server_cpu']:.2f} "
+                     f"(+{wait:.2f} waiting) / {med.get('machine_cpu', 0):.2f}")
             srv_us = _fmt(med["server_us"]) if med.get("server_us") is not None else ""
             gen_us = _fmt(med["gen_us"]) if med.get("gen_us") is not None else ""
         rows.append(f"| {c.workload} ({wl.unit}) | {c.threads} | {c.server} | "

@@ -114,7 +114,7 @@ def _native_fg(server: Server, p: Params, clients: int, workers: int, payload: i
         if status_us and i == 0:
             o["status_us"] = status_us
         opts.append(o)
-    out = native.run(p.loadgen, server.port, "fg", opts, server.cpu)
+    out = native.run(p.loadgen, server.port, "fg", opts, server.cpu, server.wait)
     rs = out.results
     m: Metrics = {"jobs": sum(r["jobs"] for r in rs),
                   "failed": sum(r["failed"] + r["errors"] + r["unfinished"] for r in rs),
@@ -137,7 +137,7 @@ def _python_fg(server: Server, p: Params, clients: int, workers: int, payload: i
             roles.append(gen.EchoWorkers(server.port, func.encode(), n))
     if status_us:
         roles.append(gen.StatusProber(server.port, status_us / 1e6))
-    out = gen.run_roles(roles, server.cpu, time_limit)
+    out = gen.run_roles(roles, server.cpu, time_limit, server_wait=server.wait)
     lat: List[float] = []
     for r in out.results:
         if "failed" in r:
@@ -183,13 +183,13 @@ def _windowed(server: Server, p: Params, mode: str, conns: int, depth: int, payl
         opts = [{"clients": c, "depth": depth, "jobs": j, "time": time_limit,
                  "payload": payload, "func": func}
                 for c, j in zip(_split(conns, p.native_procs), _split(jobs, p.native_procs))]
-        out = native.run(p.loadgen, server.port, mode, opts, server.cpu)
+        out = native.run(p.loadgen, server.port, mode, opts, server.cpu, server.wait)
     else:
         role = gen.Pinger if mode == "ping" else gen.BgSubmitter
         roles: List[gen.Role] = [
             role(server.port, func.encode(), c, depth, b"x" * payload, j)
             for c, j in zip(_split(conns, p.procs), _split(jobs, p.procs)) if c and j]
-        out = gen.run_roles(roles, server.cpu, time_limit)
+        out = gen.run_roles(roles, server.cpu, time_limit, server_wait=server.wait)
     return _finish(out, {"jobs": sum(r.get("jobs", 0) for r in out.results),
                          "errors": sum(r.get("errors", 0) for r in out.results)})
 
@@ -215,7 +215,7 @@ def drain(server: Server, p: Params) -> Metrics:
         opts = [{"workers": w, "depth": p.drain_depth, "time": p.drain_time, "func": func,
                  "payload": p.payload, "fill": p.drain_jobs if i == 0 else 0}
                 for i, w in enumerate(_split(p.drain_workers, p.native_procs))]
-        out = native.run(p.loadgen, server.port, "drain", opts, server.cpu)
+        out = native.run(p.loadgen, server.port, "drain", opts, server.cpu, server.wait)
         queued, fill_s = out.results[0]["queued"], out.results[0]["fill_s"]
     else:
         fill = gen.run_inline(gen.BgSubmitter(server.port, func.encode(), 1, p.bg_window,
@@ -224,7 +224,7 @@ def drain(server: Server, p: Params) -> Metrics:
         fill_s = queued / max(fill["t_end"] - fill["t_start"], 1e-9)
         roles: List[gen.Role] = [gen.DrainWorkers(server.port, func.encode(), n, p.drain_depth)
                                  for n in _split(p.drain_workers, p.procs) if n]
-        out = gen.run_roles(roles, server.cpu, p.drain_time)
+        out = gen.run_roles(roles, server.cpu, p.drain_time, server_wait=server.wait)
     m = _finish(out, {"jobs": sum(r.get("jobs", 0) for r in out.results), "queued": queued,
                       "fill_s": fill_s})
     return {"jobs_s": m["rate"], **m}
