@@ -1,4 +1,8 @@
-"""The load generator: roles that drive one server over many raw-protocol connections.
+"""The Python load generator: roles that drive one server over many raw-protocol connections.
+
+It is the fallback when the native generator (:mod:`.native`) cannot be built, and its
+connection and submit helpers also serve ``idle`` and ``mem``.  It saturates before the
+servers do, so runs that use it are marked as not measuring capacity.
 
 Each role (foreground client, echo worker, background submitter, drain worker, ``status``
 prober) runs inside a generator process started by :func:`run_roles`; one process runs one
@@ -8,9 +12,9 @@ at once, and collects one result dict from each, plus the server's CPU time over
 interval.  Each role is bounded by a job count and a deadline, and every process is killed
 when the parent leaves :func:`run_roles`, also on error or Ctrl-C.
 
-Hot-loop economy (the generator must not be the bottleneck): one ``recv(65536)`` per
-readable event, all complete packets parsed in one pass, replies joined and sent with one
-``send``; output is buffered and EPOLLOUT armed only on a partial send.
+Hot-loop economy (to stay as far from being the bottleneck as Python allows): one
+``recv(65536)`` per readable event, all complete packets parsed in one pass, replies joined
+and sent with one ``send``; output is buffered and EPOLLOUT armed only on a partial send.
 """
 
 from __future__ import annotations
