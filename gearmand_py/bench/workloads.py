@@ -72,7 +72,8 @@ class Params:
 
     @classmethod
     def quick(cls) -> "Params":
-        return cls(fg_jobs=2_000, fg_time=0.3, bg_jobs=5_000, bg_time=2.0, drain_jobs=2_000,
+        return cls(fg_clients=16, fg_workers=4, drain_workers=4, ping_conns=16,
+                   fg_jobs=2_000, fg_time=0.3, bg_jobs=5_000, bg_time=2.0, drain_jobs=2_000,
                    drain_time=2.0, ping_jobs=5_000, ping_time=0.3, big_size=256 << 10,
                    big_jobs=20, big_time=0.3, idle_conns=200, idle_time=5.0, mem_jobs=5_000,
                    mem_time=5.0, status_jobs=5_000, status_time=0.3)
