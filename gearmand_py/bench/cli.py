@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="native generator processes (default 1: one epoll loop)")
     p.add_argument("--procs", type=int, default=None,
                    help="Python generator processes per side (default 2)")
-    p.add_argument("--clients", type=int, default=None, help="fg clients (default 16)")
-    p.add_argument("--workers", type=int, default=None, help="fg workers (default 4)")
+    p.add_argument("--clients", type=int, default=None, help="fg clients (default 64)")
+    p.add_argument("--workers", type=int, default=None, help="fg workers (default 16)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any workload parameter: " +
                         ", ".join(f.name for f in fields(Params)))
