@@ -1,4 +1,8 @@
-"""The load generator: roles that drive one server over many raw-protocol connections.
+"""The Python load generator: roles that drive one server over many raw-protocol connections.
+
+It is the fallback when the native generator (:mod:`.native`) cannot be built, and its
+connection and submit helpers also serve ``idle`` and ``mem``.  It saturates before the
+servers do, so runs that use it are marked as not measuring capacity.
 
 Each role (foreground client, echo worker, background submitter, drain worker, ``status``
 prober) runs inside a generator process started by :func:`run_roles`; one process runs one
@@ -8,9 +12,9 @@ at once, and collects one result dict from each, plus the server's CPU time over
 interval.  Each role is bounded by a job count and a deadline, and every process is killed
 when the parent leaves :func:`run_roles`, also on error or Ctrl-C.
 
-Hot-loop economy (the generator must not be the bottleneck): one ``recv(65536)`` per
-readable event, all complete packets parsed in one pass, replies joined and sent with one
-``send``; output is buffered and EPOLLOUT armed only on a partial send.
+Hot-loop economy (to stay as far from being the bottleneck as Python allows): one
+``recv(65536)`` per readable event, all complete packets parsed in one pass, replies joined
+and sent with one ``send``; output is buffered and EPOLLOUT armed only on a partial send.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import proto
 
 Result = Dict[str, Any]
-RECV_SIZE = 65536  # above 64 KiB CPython's recv() gets much slower (design.md)
+RECV_SIZE = 65536  # above 64 KiB CPython's recv() gets much slower (measured)
 BIG_RECV = 1 << 20  # recv_into a preallocated buffer has no such penalty: used for big packets
 INITIAL_BUF = 256 << 10
 
@@ -337,10 +341,13 @@ class BgSubmitter(Role):
     """Pipelined SUBMIT_JOB_BG: keep ``window`` submits in flight per connection; count
     JOB_CREATED (and ERROR) replies until ``jobs`` have been answered."""
 
+    #: The reply that answers one request.
+    reply = proto.JOB_CREATED
+
     def __init__(self, port: int, func: bytes, conns: int, window: int, payload: bytes,
                  jobs: int, stop: Any = None) -> None:
         super().__init__(port, stop)
-        self.pkt = proto.submit(func, payload, background=True)
+        self.pkt = self.request(func, payload)
         self.nconns = conns
         self.window = window
         self.jobs = jobs
@@ -350,13 +357,18 @@ class BgSubmitter(Role):
         self.stopping = False
         self.t_end = 0.0
 
+    @staticmethod
+    def request(func: bytes, payload: bytes) -> bytes:
+        return proto.submit(func, payload, background=True)
+
     def setup(self) -> None:
         open_shares(self.loop, self.port, self.nconns, self.jobs, self.on_packets)
 
     def on_packets(self, conn: Conn, buf: bytearray, pkts: List[Tuple[int, int, int]]) -> None:
         k = 0
+        reply = self.reply
         for cmd, _a, _b in pkts:
-            if cmd == proto.JOB_CREATED:
+            if cmd == reply:
                 k += 1
             elif cmd == proto.ERROR:
                 self.errors += 1
@@ -394,6 +406,16 @@ class BgSubmitter(Role):
             self.t_end = time.monotonic()
         return {"jobs": self.created - self.errors, "errors": self.errors,
                 "t_end": self.t_end}
+
+
+class Pinger(BgSubmitter):
+    """ECHO_REQ round trips, ``window`` in flight per connection (``func`` is unused)."""
+
+    reply = proto.ECHO_RES
+
+    @staticmethod
+    def request(func: bytes, payload: bytes) -> bytes:
+        return proto.echo(payload)
 
 
 class DrainWorkers(Role):
@@ -516,7 +538,8 @@ class RunOutcome:
     """What :func:`run_roles` measured: per-role results, wall time, CPU use."""
 
     def __init__(self, results: List[Result], t_go: float, t_end: float, gen_cpu: float,
-                 server_cpu: float, machine_cpu: float, machine_wall: float) -> None:
+                 server_cpu: float, machine_cpu: float, machine_wall: float,
+                 server_wait: float = 0.0) -> None:
         self.results = results
         self.t_go = t_go
         self.wall = max(t_end - t_go, 1e-9)
@@ -524,22 +547,29 @@ class RunOutcome:
         self.server_cpu = server_cpu
         self.machine_cpu = machine_cpu
         self.machine_wall = max(machine_wall, 1e-9)
+        self.server_wait = server_wait
 
-    def metrics(self) -> Result:
-        """CPU use in cores over the measured interval: generator processes, server process,
-        and the whole machine (which also holds kernel loopback work charged to nobody);
-        ``gen_share`` is the generator's part of the CPU the processes were charged."""
-        if self.wall < 0.25:  # a few clock ticks: the CPU figures would be noise
-            return {}
-        total = self.gen_cpu + self.server_cpu
+    def metrics(self, ops: int) -> Result:
+        """CPU use over the measured interval, in cores and in µs per operation (``ops``
+        jobs, submits or echoes): generator processes (``gen_cpu_max`` is the busiest
+        single process, each being one thread), server process, and the whole machine
+        (which also holds kernel loopback work charged to nobody).  Server CPU comes from
+        /proc/PID/stat in clock ticks, so intervals under ~0.25 s are coarse.
+        ``server_demand`` adds the time the server's threads waited for a CPU: near one
+        core or more, the server always had work, whoever held the CPU."""
+        per_proc = [r.get("cpu", 0.0) for r in self.results]
         return {"gen_cpu": self.gen_cpu / self.wall,
+                "gen_cpu_max": max(per_proc, default=0.0) / self.wall,
                 "server_cpu": self.server_cpu / self.wall,
+                "server_demand": (self.server_cpu + self.server_wait) / self.wall,
                 "machine_cpu": self.machine_cpu / self.machine_wall,
-                "gen_share": self.gen_cpu / total if total else 0.0}
+                "server_us": self.server_cpu / ops * 1e6 if ops else None,
+                "gen_us": self.gen_cpu / ops * 1e6 if ops else None}
 
 
 def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit: float,
-              setup_timeout: float = 60.0) -> RunOutcome:
+              setup_timeout: float = 60.0,
+              server_wait: Callable[[], float] = lambda: 0.0) -> RunOutcome:
     """Run each role in its own process (fork); return once every primary role is done.
 
     ``time_limit`` bounds the measured phase; the parent waits at most ``time_limit + 10``
@@ -565,6 +595,7 @@ def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit
             if msg == "error":
                 raise RuntimeError(f"generator setup failed:\n{info}")
         cpu0 = server_cpu()
+        wait0 = server_wait()
         mach0 = cpu_machine()
         t_go = time.monotonic()
         deadline = t_go + time_limit
@@ -578,6 +609,7 @@ def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit
         for i in order:
             if cpu1 is None and not roles[i].primary:
                 cpu1 = server_cpu()
+                wait1 = server_wait()
                 mach1 = cpu_machine()
                 t_mach = time.monotonic()
                 stop.set()
@@ -590,13 +622,14 @@ def run_roles(roles: Sequence[Role], server_cpu: Callable[[], float], time_limit
             results[i] = res
         if cpu1 is None:
             cpu1 = server_cpu()
+            wait1 = server_wait()
             mach1 = cpu_machine()
             t_mach = time.monotonic()
         final = [r if r is not None else {} for r in results]
         t_end = max(r["t_end"] for r, role in zip(final, roles) if role.primary)
         gen_cpu = sum(r.get("cpu", 0.0) for r in final)
         return RunOutcome(final, t_go, t_end, gen_cpu, cpu1 - cpu0, mach1 - mach0,
-                          t_mach - t_go)
+                          t_mach - t_go, wait1 - wait0)
     finally:
         stop.set()
         for p in procs:

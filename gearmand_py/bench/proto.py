@@ -1,9 +1,10 @@
 """Raw Gearman packets for the load generator, written independently of the server's codec.
 
 The benchmark must not share code with the server it measures, so this module builds request
-packets and splits response streams itself (reference: gearmand.md §2).  Pure functions and
-constants; used by the generator processes (one event loop each) and by the parent process
-for readiness checks and the memory workload.
+packets and splits response streams itself.  Pure functions and constants; used by the
+Python generator processes (one event loop each) and by the parent process for readiness
+checks and the memory workload.  The native generator (``loadgen.c``) has its own copy of
+the command numbers, in C.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ RES = b"\0RES"
 HEADER = struct.Struct(">4sII")
 HEADER_SIZE = 12
 
-# Packet numbers the generator sends or expects (gearmand.md §2.2).
+# Packet numbers the generator sends or expects (the protocol's command numbers).
 CAN_DO = 1
 PRE_SLEEP = 4
 NOOP = 6

@@ -2,7 +2,9 @@
 
 Runs in the parent process.  Round r runs, for each workload, every server configuration
 in turn (A B A B ... across rounds), each on a freshly started server that is stopped right
-after, so no workload sees another's leftovers.  A progress line goes to stderr.
+after, so no workload sees another's leftovers.  A progress line goes to stderr.  On a
+shared machine ``quiet_wait`` makes each cell first wait (up to that many seconds) until the
+other processes leave the CPUs mostly idle; each round records the busy cores it saw last.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
+from .gen import cpu_machine
 from .servers import Server, ServerSpec
 from .workloads import WORKLOADS, Params
+
+QUIET_CORES = 0.3     # busy cores (all processes) that count as a quiet machine
+QUIET_SAMPLE = 0.5    # seconds per sample
 
 Cell = Tuple[str, str, int]  # (workload, server name, threads)
 
@@ -82,9 +88,21 @@ def plan(specs: List[ServerSpec], workloads: List[str], point_threads: Optional[
     return cells
 
 
+def wait_quiet(max_wait: float) -> float:
+    """Sample the machine's busy cores until a sample is below :data:`QUIET_CORES` or
+    ``max_wait`` seconds pass; returns the last sample (cores busy before the cell)."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        c0, t0 = cpu_machine(), time.monotonic()
+        time.sleep(QUIET_SAMPLE)
+        busy = (cpu_machine() - c0) / (time.monotonic() - t0)
+        if busy < QUIET_CORES or time.monotonic() >= deadline:
+            return busy
+
+
 def run(specs: List[ServerSpec], workloads: List[str], params: Params, rounds: int,
         point_threads: Optional[int] = None, progress: bool = True,
-        keep_going: bool = True) -> List[CellResult]:
+        keep_going: bool = True, quiet_wait: float = 0.0) -> List[CellResult]:
     """Run the sweep; a failing cell is recorded (and, with ``keep_going``, skipped)."""
     by_name = {s.name: s for s in specs}
     cells = plan(specs, workloads, point_threads)
@@ -96,9 +114,12 @@ def run(specs: List[ServerSpec], workloads: List[str], params: Params, rounds: i
             wl = WORKLOADS[w]
             prog.show(f"round {r + 1}/{rounds} {w} {name} -t {t} ...")
             try:
+                busy = wait_quiet(quiet_wait) if quiet_wait > 0 else None
                 with Server(by_name[name], t) as srv:
                     m = wl.run(srv, params)
                     m["server_threads_seen"] = srv.nthreads()
+                if busy is not None:
+                    m["busy_before"] = busy
                 results[cell].rounds.append(m)
                 prog.n += 1
                 prog.show(f"round {r + 1}/{rounds} {w} {name} -t {t}: "

@@ -174,6 +174,22 @@ class Server:
             fields = f.read().rsplit(b")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
+    def wait(self) -> float:
+        """Seconds the server's threads have spent runnable but waiting for a CPU (the
+        run-queue delay in /proc/PID/task/*/schedstat; 0 where the kernel lacks it)."""
+        total = 0
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return 0.0
+        for tid in tids:
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/schedstat", "rb") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that exited, or no schedstat
+        return total / 1e9
+
     def nthreads(self) -> int:
         try:
             return len(os.listdir(f"/proc/{self.pid}/task"))
