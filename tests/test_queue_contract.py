@@ -525,3 +525,33 @@ def test_hung_store_gives_up_within_the_queue_timeout(name: str) -> None:
             else:
                 b.open()
         assert time.monotonic() - start < 4.5
+
+
+def test_redis_layout_released_c_can_replay(request: pytest.FixtureRequest,
+                                             tmp_path: "os.PathLike[str]") -> None:
+    """Released C gearmand replays a hash only with exactly the data and priority fields:
+    that is what is written, unless the function name holds a '-' (then the next upstream
+    release's function/unique fields are added, which we read back); a hash in that next
+    layout, written by upstream, replays too."""
+    import redis
+    require_backend("redis", request)
+    args = queue_args("redis", uuid.uuid4().hex[:6], str(tmp_path), None)
+    backend = create_backend(settings_for("redis", args))
+    backend.open()  # type: ignore[attr-defined]
+    client = redis.Redis(*REDIS)
+    key = backend.key  # type: ignore[attr-defined]
+    try:
+        backend.commit([StoredJob(b"u1", b"plain", b"d1", HIGH, 0),  # type: ignore
+                        StoredJob(b"u2", b"has-dash", b"d2", LOW, 0)], [])
+        assert client.hgetall(key(b"u1", b"plain")) == {b"data": b"d1", b"priority": b"0"}
+        assert client.hgetall(key(b"u2", b"has-dash")) == {
+            b"data": b"d2", b"priority": b"2", b"function": b"has-dash", b"unique": b"u2"}
+        client.hset(key(b"u3", b"next"), mapping={b"data": b"d3", b"priority": b"1",
+                                                 b"function": b"next", b"unique": b"u3"})
+        assert stored(backend) == {
+            (b"plain", b"u1"): StoredJob(b"u1", b"plain", b"d1", HIGH, 0),
+            (b"has-dash", b"u2"): StoredJob(b"u2", b"has-dash", b"d2", LOW, 0),
+            (b"next", b"u3"): StoredJob(b"u3", b"next", b"d3", NORMAL, 0)}
+    finally:
+        backend.close()  # type: ignore[attr-defined]
+        drop_storage("redis", args)

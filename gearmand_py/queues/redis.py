@@ -9,11 +9,14 @@ their defaults are in ``OPTIONS``.
 
 Layout (gearmand's, libgearman-server/plugins/queue/redis/queue.cc): key
 ``<prefix>-<function>-<unique>``, a hash with the fields ``data`` (the raw bytes) and
-``priority`` (decimal), written with one HSET, so gearmand 1.1.20 replays what we write.
-Like upstream after 2.0 we also store the fields ``function`` and ``unique``, so replay does
-not have to split the key: a hyphenated function name survives. Entries without them
-(written by gearmand) are split at the first ``-`` after the prefix, as gearmand does; a
-plain string value (gearmand <= 1.1.15) is the data, NORMAL priority.
+``priority`` (decimal), written with one HSET.  Every released C gearmand (1.1.16 up to
+2.0.0) replays such a hash only if it has exactly these two fields (``assert(reply->elements
+== 4)`` in its replay), so that is what we write.  Upstream's next release adds the fields
+``function`` and ``unique`` so replay need not split the key; we read them when present,
+and write them ourselves only for a job whose function name holds a ``-``: released C
+versions split the key at the first ``-`` and cannot replay that job correctly anyway,
+while we can.  Entries without them are split at the first ``-`` after the prefix, as
+gearmand does; a plain string value (gearmand <= 1.1.15) is the data, NORMAL priority.
 
 Fixed gearmand bugs, same format: NUL bytes in data survive replay (gearmand copied it with
 strdup); SCAN replaces KEYS.  Redis cannot store epoch jobs (``supports_epoch`` False: the
@@ -29,7 +32,7 @@ fails or times out fails its unit at once, and the next unit reconnects.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from ..errors import QueueError
 from ..options import Option, queue_row
@@ -52,6 +55,16 @@ OPTIONS: Tuple[Option, ...] = (
 )
 DRIVER = Driver("redis", "redis", "redis", "python3-redis")
 SCAN_COUNT = 1000
+
+
+def fields(job: StoredJob) -> Dict[bytes, bytes]:
+    """The hash of one job: released C gearmand's two fields, plus ``function`` and
+    ``unique`` (upstream's next layout) only when the key alone cannot be split back."""
+    mapping = {b"data": job.data, b"priority": b"%d" % job.priority}
+    if b"-" in job.function:
+        mapping[b"function"] = job.function
+        mapping[b"unique"] = job.unique
+    return mapping
 
 
 def _glob_escape(text: bytes) -> bytes:
@@ -111,9 +124,7 @@ class RedisQueue:
     def add(self, job: StoredJob) -> None:
         if job.when:
             raise QueueError("redis cannot store epoch jobs")
-        self._c().hset(self.key(job.unique, job.function), mapping={
-            b"data": job.data, b"priority": b"%d" % job.priority,
-            b"function": job.function, b"unique": job.unique})
+        self._c().hset(self.key(job.unique, job.function), mapping=fields(job))
 
     def flush(self) -> None:
         pass
@@ -129,9 +140,7 @@ class RedisQueue:
             if job.when:
                 refused[i] = "redis cannot store epoch jobs"
                 continue
-            pipe.hset(self.key(job.unique, job.function), mapping={
-                b"data": job.data, b"priority": b"%d" % job.priority,
-                b"function": job.function, b"unique": job.unique})
+            pipe.hset(self.key(job.unique, job.function), mapping=fields(job))
             slots.append(i)
         try:
             if not dones and not slots:
