@@ -212,3 +212,17 @@ def test_pipelined_requests_answered_in_order(http_server: Tuple[Server, int]) -
         raw = read_until_closed(s)
     assert raw.count(b"HTTP/1.1 404 NOT_FOUND\r\n") == 2
     assert raw.endswith(b"\r\n\r\n")
+
+
+def test_differential_not_found_matches_c(server_factory: Callable[..., Server]) -> None:
+    """An ECHO (empty path) answered 404 by C gearmand 1.1.20 and by ours: identical bytes
+    apart from the version in the Server header (Server comes before Content-Length)."""
+    require("/usr/sbin/gearmand", "differential HTTP test needs Debian's gearman-job-server")
+    answers = []
+    for impl in ("c", "py"):
+        port = free_low_port()
+        server_factory("-t", "0", "-r", "http", "--http-port", str(port), impl=impl)
+        raw = http(port, b"GET / HTTP/1.0\r\n\r\n")
+        answers.append(raw.replace(b"Gearman/1.1.20+ds", b"Gearman/1.1.20"))
+    assert answers[0] == answers[1] == (
+        b"HTTP/1.0 404 NOT_FOUND\r\nServer: Gearman/1.1.20\r\nContent-Length: 0\r\n\r\n")

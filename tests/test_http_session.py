@@ -45,10 +45,13 @@ def refused(s: HttpSession, events: List[Any], status: bytes) -> bool:
 
 
 def http(status: bytes, headers: bytes, body: bytes, length: int = -1) -> bytes:
-    """A response as gearmand sends it: status, headers, Content-Length, Server, body."""
+    """A response as gearmand 1.1.20 sends it: status, headers, then Content-Length and
+    Server for a 200, Server and Content-Length for any other status, then the body."""
     n = len(body) if length < 0 else length
-    return (b"HTTP/1.0 " + status + b"\r\n" + headers + b"Content-Length: %d\r\n" % n
-            + b"Server: Gearman/1.1.20\r\n\r\n" + body)
+    size = b"Content-Length: %d\r\n" % n
+    server = b"Server: Gearman/1.1.20\r\n"
+    tail = size + server if status.startswith(b"200 ") else server + size
+    return b"HTTP/1.0 " + status + b"\r\n" + headers + tail + b"\r\n" + body
 
 
 POST = b"POST /reverse HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello"

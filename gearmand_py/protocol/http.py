@@ -60,17 +60,25 @@ Headers = List[Tuple[bytes, bytes]]
 Reply = Tuple[int, bytes, Headers, bytes]
 
 
+def ordered_headers(ok: bool, headers: Headers, length: int, server: bytes,
+                    close: bool = False) -> Headers:
+    """gearmand's header order: a 200 ends with Content-Length, Server (and 2.0's
+    Connection: close); any other status has Server (Connection) before Content-Length."""
+    tail: Headers = [(b"Server", server)]
+    if close:
+        tail.append((b"Connection", b"close"))
+    size = [(b"Content-Length", b"%d" % length)]
+    return headers + (size + tail if ok else tail + size)
+
+
 def response(status: bytes, headers: Headers, body: bytes = b"", send_body: bool = True,
              server: bytes = SERVER, version: bytes = b"HTTP/1.0",
              close: bool = False) -> bytes:
     """gearmand's response bytes: 1.1.20's HTTP/1.0 ones, or 2.0.0's to an HTTP/1.1
     request (``version`` HTTP/1.1, ``close``: a Connection: close header)."""
     lines = [version + b" " + status]
-    lines += [name + b": " + value for name, value in headers]
-    lines.append(b"Content-Length: %d" % len(body))
-    lines.append(b"Server: " + server)
-    if close:
-        lines.append(b"Connection: close")
+    lines += [name + b": " + value for name, value in
+              ordered_headers(status.startswith(b"200 "), headers, len(body), server, close)]
     return b"\r\n".join(lines) + b"\r\n\r\n" + (body if send_body else b"")
 
 
@@ -200,7 +208,7 @@ class HttpSession:
             return response(b"%d %s" % (status, reason), headers, body, send_body,
                             self.server, b"HTTP/1.1" if http11 else b"HTTP/1.0", http11)
         conn = self._h11
-        headers = headers + [(b"Content-Length", b"%d" % len(body)), (b"Server", self.server)]
+        headers = ordered_headers(status == 200, headers, len(body), self.server)
         out = conn.send(h11.Response(status_code=status, reason=reason, headers=headers))
         if send_body and body:
             out += conn.send(h11.Data(data=body))
