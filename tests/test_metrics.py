@@ -24,7 +24,7 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 import pytest
 
 from gearproto import Conn, grab, submit, wait_for
-from support import Factory, Server, free_low_port, only_ours, require, server_env
+from support import Factory, Server, free_low_port, only_ours, require, server_env, sync
 from test_engine_inprocess import engine_options
 
 pytestmark = only_ours
@@ -554,6 +554,7 @@ def test_status_json(server_factory: Factory) -> None:
         w = Conn(srv.port)
         w.send("CAN_DO", "jfn")
         w.send("CAN_DO", "other")
+        sync(w)                 # w may live on another I/O thread than c
         c.admin("status")
         status, headers, body = get(mport, "/status.json")
         doc = json.loads(body)
