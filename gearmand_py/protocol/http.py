@@ -71,6 +71,20 @@ def ordered_headers(ok: bool, headers: Headers, length: int, server: bytes,
     return headers + (size + tail if ok else tail + size)
 
 
+def h11_response(conn: h11.Connection, status: int, reason: bytes, headers: Headers,
+                 body: bytes, send_body: bool = True) -> Tuple[bytes, bool]:
+    """One whole response through h11 (HTTP/1.1); returns its bytes and whether the
+    connection stays open (then the next request cycle has started)."""
+    out = conn.send(h11.Response(status_code=status, reason=reason, headers=headers))
+    if send_body and body:
+        out += conn.send(h11.Data(data=body))
+    out += conn.send(h11.EndOfMessage())
+    if conn.our_state is h11.MUST_CLOSE:
+        return out, False
+    conn.start_next_cycle()
+    return out, True
+
+
 def response(status: bytes, headers: Headers, body: bytes = b"", send_body: bool = True,
              server: bytes = SERVER, version: bytes = b"HTTP/1.0",
              close: bool = False) -> bytes:
@@ -207,16 +221,11 @@ class HttpSession:
             http11 = request is not None and request.http_version == b"1.1"
             return response(b"%d %s" % (status, reason), headers, body, send_body,
                             self.server, b"HTTP/1.1" if http11 else b"HTTP/1.0", http11)
-        conn = self._h11
         headers = ordered_headers(status == 200, headers, len(body), self.server)
-        out = conn.send(h11.Response(status_code=status, reason=reason, headers=headers))
-        if send_body and body:
-            out += conn.send(h11.Data(data=body))
-        out += conn.send(h11.EndOfMessage())
-        if conn.our_state is h11.MUST_CLOSE:
+        out, open_ = h11_response(self._h11, status, reason, headers, body, send_body)
+        if not open_:
             self.closing = True
         else:
-            conn.start_next_cycle()
             self._busy = False
             self._request = None
             self.backlog = True     # a pipelined request may be waiting

@@ -33,6 +33,7 @@ from .. import __version__
 from ..messages import PROTOCOL_ERROR, SNAPSHOT, VIEW_HEALTH, VIEW_METRICS, VIEW_STATUS, Event
 from ..settings import Settings
 from . import Plugin, Port
+from .http import h11_response
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..exposition import Renderer
@@ -172,18 +173,12 @@ class MetricsSession:
 
     def _answer(self, answer: Answer) -> bytes:
         status, headers, body = answer
-        conn = self._h11
         headers = headers + [(b"Content-Length", b"%d" % len(body)), (b"Server", SERVER),
                              (b"Cache-Control", b"no-store")]
-        out = conn.send(h11.Response(status_code=status, headers=headers,
-                                     reason=HTTPStatus(status).phrase.encode()))
-        if body and self._method != b"HEAD":
-            out += conn.send(h11.Data(data=body))
-        out += conn.send(h11.EndOfMessage())
-        if conn.our_state is h11.MUST_CLOSE:
+        out, open_ = h11_response(self._h11, status, HTTPStatus(status).phrase.encode(),
+                                  headers, body, self._method != b"HEAD")
+        if not open_:
             self.closing = True
-        else:
-            conn.start_next_cycle()
         return out
 
 
