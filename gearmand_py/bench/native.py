@@ -22,7 +22,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..launcher import BuildError, _find_compiler
+from ..launcher import BuildError, _find_compiler, temp_file_in
 from .gen import Result, RunOutcome, cpu_machine
 
 __all__ = ["BuildError", "SOURCE", "binary", "cache_dir", "run"]
@@ -55,12 +55,7 @@ def binary(cc: Optional[str] = None, source: str = SOURCE,
     path = os.path.join(directory, BINARY_PREFIX + key)
     if os.access(path, os.X_OK):
         return path
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".loadgen-", dir=directory)
-    except OSError as e:
-        raise BuildError(f"cannot write in {directory}: {e.strerror}") from None
-    os.close(fd)
+    tmp = temp_file_in(directory, ".loadgen-", 0o700)
     try:
         cmd = compiler + CFLAGS + ["-o", tmp, source]
         try:

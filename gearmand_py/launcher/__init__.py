@@ -204,6 +204,18 @@ def smoke_test(path: str) -> str:
     return proc.stdout.strip().splitlines()[0]
 
 
+def temp_file_in(directory: str, prefix: str, mode: int) -> str:
+    """An empty temporary file in ``directory`` (made with ``mode`` if missing), for a
+    build that is then moved into place with os.replace; BuildError when it cannot be."""
+    try:
+        os.makedirs(directory, mode=mode, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+    except OSError as exc:
+        raise BuildError(f"cannot write in {directory}: {exc.strerror}") from None
+    os.close(fd)
+    return tmp
+
+
 def install(target: str, plan: Optional[BuildPlan] = None, check: bool = True) -> str:
     """Build the launcher and atomically install it at ``target`` (mode 0755).
 
@@ -217,12 +229,7 @@ def install(target: str, plan: Optional[BuildPlan] = None, check: bool = True) -
         raise BuildError(f"{target} is a directory; give the launcher's full path "
                          f"(e.g. {os.path.join(target, 'gearmand')})")
     directory = os.path.dirname(target)
-    try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".gearmand-launcher-", dir=directory)
-    except OSError as exc:
-        raise BuildError(f"cannot write in {directory}: {exc.strerror}") from None
-    os.close(fd)
+    tmp = temp_file_in(directory, ".gearmand-launcher-", 0o755)
     try:
         build(plan, tmp)
         os.chmod(tmp, 0o755)
