@@ -21,12 +21,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import native, report, runner
 from .servers import C_GEARMAND, ServerSpec, parse_server, raise_fd_limit, self_spec, stop_all
-from .workloads import GENERATORS, NATIVE, PYTHON, WORKLOADS, Params
+from .workloads import GENERATED, GENERATORS, NATIVE, PYTHON, WORKLOADS, Params
 
 AUTO = "auto"
 GENERATOR_ENV = "GEARMAND_BENCH_GENERATOR"
-#: Workloads whose load comes from a generator (the others drive the server themselves).
-GENERATED = frozenset(("fg", "bg", "drain", "ping", "big", "status"))
 PLOT_NEEDS = "gearmand-bench: --plot needs matplotlib (pip install 'gearmand-py[bench]')"
 
 DEFAULT_THREADS = "0,1,2,4,8"
@@ -121,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_BOOL = {"0": False, "1": True}
+
+
 def make_params(args: argparse.Namespace) -> Params:
     params = Params.quick() if args.quick else Params()
     types = {f.name: type(getattr(params, f.name)) for f in fields(Params)}
@@ -130,7 +131,9 @@ def make_params(args: argparse.Namespace) -> Params:
             raise SystemExit(f"gearmand-bench: --set wants KEY=VALUE with KEY one of "
                              f"{', '.join(types)}; got {item!r}")
         try:
-            setattr(params, key, types[key](val))
+            setattr(params, key, _BOOL[val] if types[key] is bool else types[key](val))
+        except KeyError:
+            raise SystemExit(f"gearmand-bench: {key} wants 0 or 1, got {val!r}") from None
         except ValueError:
             raise SystemExit(f"gearmand-bench: bad value for {key}: {val!r}") from None
     if args.procs is not None:
@@ -222,6 +225,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         raise SystemExit(f"gearmand-bench: unknown workload(s) {bad}; "
                          f"choose from {','.join(WORKLOADS)}")
     extra = shlex.split(args.queue_args)
+    params.unique = params.unique or bool(extra)
     specs: List[ServerSpec] = [] if args.no_self else [self_spec(threads, extra)]
     try:
         specs += [parse_server(s, other_threads, extra) for s in args.server]

@@ -16,6 +16,7 @@
  *   drain  -F jobs are queued first (untimed, pipelined), then W workers with -q GRAB_JOBs
  *          in flight each empty the queue until NO_JOB.
  *   ping   C connections, each keeping -q ECHO_REQ in flight.
+ * Submits carry an empty unique id unless -u gives each its own (durable queues).
  *
  * Control protocol with the parent (stdin/stdout, one line each): after connecting (and
  * filling the queue for drain) it prints "ready"; it starts on a "go" line; when the
@@ -85,6 +86,8 @@ static long payload_len = 100;
 static double time_limit = 2.0;
 static const char *func = "bench";
 static long status_interval_us = 0;
+static int unique_ids = 0;  /* -u: every submit carries its own unique id (a durable queue
+                               keys its rows on it, as real clients' UUIDs do) */
 
 /* ---- state ------------------------------------------------------------------------ */
 static int ep = -1;
@@ -99,6 +102,9 @@ static long done, failed, errors, worker_jobs;
 static lat_t lat, status_lat;
 static char *submit_pkt;       /* one prebuilt request packet (submit / echo) */
 static size_t submit_pkt_len;
+enum { UNIQUE_LEN = 24 };      /* -u ids: 8 hex digits of the pid, 16 of a counter */
+static size_t unique_off;      /* where the id sits in submit_pkt */
+static unsigned long unique_seq;
 static conn_t *status_conn;
 static int64_t next_probe;
 
@@ -349,8 +355,12 @@ static void send_request(conn_t *c, long count)
 {
     long i;
     buf_reserve(&c->out, submit_pkt_len * (size_t)count);
-    for (i = 0; i < count; i++)
+    for (i = 0; i < count; i++) {
         buf_add(&c->out, submit_pkt, submit_pkt_len);
+        if (unique_ids) /* the NUL snprintf ends with lands on the separator after the id */
+            snprintf(c->out.p + c->out.len - submit_pkt_len + unique_off, UNIQUE_LEN + 1,
+                     "%08x%016lx", (unsigned)getpid(), ++unique_seq);
+    }
     mark_dirty(c);
 }
 
@@ -614,8 +624,11 @@ static void build_request(void)
         size_t l[1] = {(size_t)payload_len};
         put_packet(&b, ECHO_REQ, 1, a, l);
     } else {
-        const char *a[3] = {func, "", data};
-        size_t l[3] = {strlen(func), 0, (size_t)payload_len};
+        char id[UNIQUE_LEN + 1];
+        const char *a[3] = {func, id, data};
+        size_t l[3] = {strlen(func), unique_ids ? UNIQUE_LEN : 0, (size_t)payload_len};
+        memset(id, '0', UNIQUE_LEN);
+        unique_off = HEADER + strlen(func) + 1;
         put_packet(&b, strcmp(mode, "fg") == 0 ? SUBMIT_JOB : SUBMIT_JOB_BG, 3, a, l);
     }
     free(data);
@@ -670,7 +683,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: loadgen fg|bg|drain|ping -p PORT [-H HOST] [-c CONNS] [-w WORKERS]\n"
             "       [-q IN_FLIGHT] [-n REQUESTS] [-F FILL] [-T SECONDS] [-s PAYLOAD]\n"
-            "       [-f FUNCTION] [-S STATUS_INTERVAL_US]\n");
+            "       [-f FUNCTION] [-S STATUS_INTERVAL_US] [-u]\n");
     exit(2);
 }
 
@@ -690,7 +703,7 @@ static void parse_args(int argc, char **argv)
         usage();
     mode = argv[1];
     optind = 2;
-    while ((opt = getopt(argc, argv, "p:H:c:w:q:n:F:T:s:f:S:")) != -1) {
+    while ((opt = getopt(argc, argv, "p:H:c:w:q:n:F:T:s:f:S:u")) != -1) {
         switch (opt) {
         case 'p': port = (int)num(optarg); break;
         case 'H': host = optarg; break;
@@ -703,6 +716,7 @@ static void parse_args(int argc, char **argv)
         case 's': payload_len = num(optarg); break;
         case 'f': func = optarg; break;
         case 'S': status_interval_us = num(optarg); break;
+        case 'u': unique_ids = 1; break;
         default: usage();
         }
     }

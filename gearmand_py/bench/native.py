@@ -132,23 +132,28 @@ class _Proc:
 def args(opts: Dict[str, Any]) -> List[str]:
     """loadgen options from keyword names (only the ones given)."""
     flags = {"clients": "-c", "workers": "-w", "depth": "-q", "jobs": "-n", "fill": "-F",
-             "time": "-T", "payload": "-s", "func": "-f", "status_us": "-S"}
+             "time": "-T", "payload": "-s", "func": "-f", "status_us": "-S", "unique": "-u"}
     out: List[str] = []
     for key, val in opts.items():
-        out += [flags[key], str(val)]
+        if isinstance(val, bool):  # a switch
+            out += [flags[key]] if val else []
+        else:
+            out += [flags[key], str(val)]
     return out
 
 
 def run(exe: str, port: int, mode: str, per_proc: Sequence[Dict[str, Any]],
         server_cpu: Callable[[], float],
         server_wait: Callable[[], float] = lambda: 0.0) -> RunOutcome:
-    """Run one generator process per ``per_proc`` options dict; return once all have
+    """Run one generator process per ``per_proc`` options dict (``mode`` unless the dict
+    names its own, so two kinds of load can run together); return once all have
     reported, with the server's CPU and run-queue wait (``server_cpu()``,
     ``server_wait()``, seconds) over the same interval."""
     procs: List[_Proc] = []
     try:
         for opts in per_proc:
-            procs.append(_Proc([exe, mode, "-p", str(port)] + args(opts)))
+            rest = {k: v for k, v in opts.items() if k != "mode"}
+            procs.append(_Proc([exe, opts.get("mode", mode), "-p", str(port)] + args(rest)))
         setup_deadline = time.monotonic() + SETUP_TIMEOUT
         for p in procs:
             if p.line(setup_deadline, "ready") != b"ready":

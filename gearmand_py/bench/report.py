@@ -19,6 +19,8 @@ DETAILS = {
     "fg": [("p50_ms", "p50 {} ms"), ("p99_ms", "p99 {} ms")],
     "big": [("jobs_s", "{} jobs/s"), ("p99_ms", "p99 {} ms")],
     "bg": [],
+    "flood": [("alone_jobs_s", "{} jobs/s alone"), ("kept", "kept {}"),
+              ("flood_submits_s", "flood {} submits/s"), ("flood_errors", "{} flood errors")],
     "drain": [],
     "ping": [("p50_ms", "p50 {} ms"), ("p99_ms", "p99 {} ms")],
     "idle": [("bytes_per_conn", "{} B/conn"), ("open_s", "{} conn/s opened")],

@@ -26,6 +26,8 @@ Metrics = Dict[str, Any]
 NATIVE = "native"   # loadgen.c: the capacity measurement
 PYTHON = "python"   # gen.py: fallback without a C compiler; numbers are not capacity
 GENERATORS = (NATIVE, PYTHON)
+FLOOD_FUNC = "bench_flood"  # the function the flood workload's background submits go to
+FLOOD_JOBS = 1 << 30        # the flood is bounded by the foreground run's time, not a count
 
 
 @dataclass
@@ -37,6 +39,10 @@ class Params:
     native_procs: int = 1      # native generator processes (one epoll loop each)
     procs: int = 2             # Python generator processes per side (clients / workers)
     payload: int = 100         # bytes per job for fg, bg, drain, mem
+    # Background submits carry their own unique ids (native generator; the cli sets this
+    # with --queue-args: C gearmand's database queues key rows on the unique id and refuse
+    # a second empty one).
+    unique: bool = False
     # Enough requests in flight that the server, not round-trip latency, is the limit.
     fg_clients: int = 64
     fg_workers: int = 16
@@ -48,6 +54,10 @@ class Params:
     bg_window: int = 256       # submits in flight per connection
     bg_jobs: int = 400_000
     bg_time: float = 20.0
+    # flood: the fg load above while these submitters flood another function (the
+    # issue-9 load: 8 clients x 16 pipelined SUBMIT_JOB_BG)
+    flood_conns: int = 8
+    flood_depth: int = 16
     drain_jobs: int = 100_000
     drain_workers: int = 16
     drain_depth: int = 1       # GRAB_JOBs in flight per worker
@@ -103,9 +113,11 @@ def _finish(out: gen.RunOutcome, m: Metrics) -> Metrics:
 
 
 def _native_fg(server: Server, p: Params, clients: int, workers: int, payload: int,
-               jobs: int, time_limit: float, func: str, status_us: int = 0) -> Metrics:
-    """Foreground load from native processes.  With several processes the latency figures
-    are the worst process's percentiles."""
+               jobs: int, time_limit: float, func: str, status_us: int = 0,
+               flood: int = 0) -> Metrics:
+    """Foreground load from native processes (plus, with ``flood`` connections, one
+    process flooding ``FLOOD_FUNC`` with pipelined background submits meanwhile).  With
+    several processes the latency figures are the worst process's percentiles."""
     opts: List[Dict[str, Any]] = []
     n = p.native_procs
     for i, (c, w, j) in enumerate(zip(_split(clients, n), _split(workers, n),
@@ -115,41 +127,61 @@ def _native_fg(server: Server, p: Params, clients: int, workers: int, payload: i
         if status_us and i == 0:
             o["status_us"] = status_us
         opts.append(o)
+    if flood:
+        opts.append({"mode": "bg", "clients": flood, "depth": p.flood_depth, "jobs": FLOOD_JOBS,
+                     "time": time_limit, "payload": payload, "func": FLOOD_FUNC,
+                     "unique": p.unique})
     out = native.run(p.loadgen, server.port, "fg", opts, server.cpu, server.wait)
-    rs = out.results
+    rs = [r for r in out.results if r["mode"] == "fg"]
     m: Metrics = {"jobs": sum(r["jobs"] for r in rs),
                   "failed": sum(r["failed"] + r["errors"] + r["unfinished"] for r in rs),
                   "p50_ms": max(r["p50_ms"] for r in rs), "p99_ms": max(r["p99_ms"] for r in rs)}
     if status_us:
         m.update(status_p50_ms=rs[0]["status_p50_ms"], status_p99_ms=rs[0]["status_p99_ms"],
                  probes=rs[0]["probes"])
+    if flood:
+        m.update(_flood_metrics([r for r in out.results if r["mode"] == "bg"], out))
     return _finish(out, m)
 
 
+def _flood_metrics(rs: List[gen.Result], out: gen.RunOutcome) -> Metrics:
+    """What the flooding submitters achieved beside the foreground load."""
+    return {"flood_submits_s": sum(r["jobs"] for r in rs) / out.wall,
+            "flood_errors": sum(r.get("errors", 0) for r in rs)}
+
+
 def _python_fg(server: Server, p: Params, clients: int, workers: int, payload: int,
-               jobs: int, time_limit: float, func: str, status_us: int = 0) -> Metrics:
+               jobs: int, time_limit: float, func: str, status_us: int = 0,
+               flood: int = 0) -> Metrics:
     roles: List[gen.Role] = []
     data = b"x" * payload
     for n, j in zip(_split(clients, p.procs), _split(jobs, p.procs)):
         if n:
             roles.append(gen.FgClients(server.port, func.encode(), n, data, j))
+    n_fg = len(roles)
+    if flood:
+        roles.append(gen.BgSubmitter(server.port, FLOOD_FUNC.encode(), flood, p.flood_depth,
+                                     data, FLOOD_JOBS))
+    n_flood = len(roles)
     for n in _split(workers, p.procs):
         if n:
             roles.append(gen.EchoWorkers(server.port, func.encode(), n))
     if status_us:
         roles.append(gen.StatusProber(server.port, status_us / 1e6))
     out = gen.run_roles(roles, server.cpu, time_limit, server_wait=server.wait)
+    clients_rs = out.results[:n_fg]
     lat: List[float] = []
-    for r in out.results:
-        if "failed" in r:
-            lat.extend(r.get("lat", ()))
-    m: Metrics = {"jobs": sum(r.get("jobs", 0) for r in out.results),
-                  "failed": sum(r.get("failed", 0) for r in out.results),
+    for r in clients_rs:
+        lat.extend(r.get("lat", ()))
+    m: Metrics = {"jobs": sum(r.get("jobs", 0) for r in clients_rs),
+                  "failed": sum(r.get("failed", 0) for r in clients_rs),
                   "p50_ms": percentile(lat, 0.50) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3}
     if status_us:
         probes = out.results[-1].get("lat", [])
         m.update(status_p50_ms=percentile(probes, 0.5) * 1e3,
                  status_p99_ms=percentile(probes, 0.99) * 1e3, probes=len(probes))
+    if flood:
+        m.update(_flood_metrics(out.results[n_fg:n_flood], out))
     return _finish(out, m)
 
 
@@ -157,9 +189,9 @@ FG_DRIVERS: Dict[str, Callable[..., Metrics]] = {NATIVE: _native_fg, PYTHON: _py
 
 
 def _fg(server: Server, p: Params, clients: int, workers: int, payload: int, jobs: int,
-        time_limit: float, func: str, status_us: int = 0) -> Metrics:
+        time_limit: float, func: str, status_us: int = 0, flood: int = 0) -> Metrics:
     return FG_DRIVERS[p.generator](server, p, clients, workers, payload, jobs, time_limit,
-                                   func, status_us)
+                                   func, status_us, flood)
 
 
 def fg(server: Server, p: Params) -> Metrics:
@@ -167,6 +199,19 @@ def fg(server: Server, p: Params) -> Metrics:
     m = _fg(server, p, p.fg_clients, p.fg_workers, p.payload, p.fg_jobs, p.fg_time,
             "bench_fg")
     return {"jobs_s": m["rate"], **m}
+
+
+def flood(server: Server, p: Params) -> Metrics:
+    """Foreground jobs/s of an in-memory function while ``flood_conns`` connections flood
+    another function with pipelined background submits (with ``--queue-args`` these go to
+    the durable queue; foreground jobs never do).  The same foreground load first runs
+    alone on the same server: ``kept`` is the share of that rate the flood leaves."""
+    alone = _fg(server, p, p.fg_clients, p.fg_workers, p.payload, p.fg_jobs, p.fg_time,
+                "bench_flood_fg")
+    m = _fg(server, p, p.fg_clients, p.fg_workers, p.payload, p.fg_jobs, p.fg_time,
+            "bench_flood_fg", flood=p.flood_conns)
+    return {"jobs_s": m["rate"], "alone_jobs_s": alone["rate"],
+            "kept": m["rate"] / max(alone["rate"], 1e-9), **m}
 
 
 def big(server: Server, p: Params) -> Metrics:
@@ -182,7 +227,7 @@ def _windowed(server: Server, p: Params, mode: str, conns: int, depth: int, payl
     connection; counts the replies."""
     if p.generator == NATIVE:
         opts = [{"clients": c, "depth": depth, "jobs": j, "time": time_limit,
-                 "payload": payload, "func": func}
+                 "payload": payload, "func": func, "unique": p.unique and mode == "bg"}
                 for c, j in zip(_split(conns, p.native_procs), _split(jobs, p.native_procs))]
         out = native.run(p.loadgen, server.port, mode, opts, server.cpu, server.wait)
     else:
@@ -214,7 +259,8 @@ def drain(server: Server, p: Params) -> Metrics:
     func = "bench_drain"
     if p.generator == NATIVE:
         opts = [{"workers": w, "depth": p.drain_depth, "time": p.drain_time, "func": func,
-                 "payload": p.payload, "fill": p.drain_jobs if i == 0 else 0}
+                 "payload": p.payload, "fill": p.drain_jobs if i == 0 else 0,
+                 "unique": p.unique}
                 for i, w in enumerate(_split(p.drain_workers, p.native_procs))]
         out = native.run(p.loadgen, server.port, "drain", opts, server.cpu, server.wait)
         queued, fill_s = out.results[0]["queued"], out.results[0]["fill_s"]
@@ -359,6 +405,8 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in (
     Workload("ping", ping, "echoes_s", "echoes/s", True, True,
              "ECHO_REQ round trips, one in flight per connection"),
     Workload("big", big, "mb_s", "MB/s", True, True, "1 MiB foreground echo payloads"),
+    Workload("flood", flood, "jobs_s", "jobs/s", True, True,
+             "foreground jobs while background submits flood another function"),
     Workload("idle", idle, "held", "conns", True, False,
              "idle connections held, all answering"),
     Workload("mem", mem, "bytes_per_job", "B/job", False, False,
@@ -367,3 +415,5 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in (
              "`status` latency under the foreground load"),
 )}
 
+#: The workloads a load generator drives (idle and mem drive the server from the parent).
+GENERATED = frozenset(WORKLOADS) - {"idle", "mem"}
