@@ -12,9 +12,10 @@ when the table is missing)::
 Options: ``--libpq-conninfo`` (a libpq connection string; empty = the PG* environment
 variables) and ``--libpq-table``; their defaults are in ``OPTIONS``. The connection is in
 autocommit mode, so add() has committed when it returns (flush() has nothing left to do);
-commit() runs a unit's deletes and upserts between BEGIN and COMMIT, in pages of
-statements per round trip (psycopg2.extras.execute_batch), durable as PostgreSQL's COMMIT
-is (synchronous_commit).
+commit() runs a unit's deletes and upserts between BEGIN and COMMIT, each as multi-row
+statements (psycopg2.extras.execute_values: one ``DELETE ... IN (VALUES ...)`` and one
+``INSERT ... VALUES ... ON CONFLICT`` per ``PAGE_SIZE`` rows), durable as PostgreSQL's COMMIT
+is (synchronous_commit); add() and done() are one-job units.
 
 Timeouts (``--queue-timeout``): psycopg2 has no socket timeout, so the module installs a
 wait callback (psycopg2.extensions.set_wait_callback: libpq in non-blocking mode, the
@@ -36,7 +37,7 @@ import math
 import os
 import re
 import select
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Sequence, Tuple, Type
 
 from ..errors import QueueError
 from ..options import Option, queue_row
@@ -54,7 +55,7 @@ OPTIONS: Tuple[Option, ...] = (
     queue_row("libpq-table", "str", "queue", "Table to use.", SECTION),
 )
 DRIVER = Driver("psycopg2", "psycopg2", "postgres", "python3-psycopg2")
-#: Statements sent per round trip by commit().
+#: Rows per INSERT / DELETE statement sent by commit().
 PAGE_SIZE = 200
 NOT_UTF8 = "unique and function must be UTF-8 for PostgreSQL"
 NUL_TEXT = "unique and function cannot contain NUL bytes in PostgreSQL"
@@ -101,7 +102,7 @@ class PostgresQueue(DbApiQueue):
         from psycopg2 import sql
 
         self._pg = psycopg2
-        self._execute_batch = psycopg2.extras.execute_batch
+        self._execute_values = psycopg2.extras.execute_values
         self.conninfo = conninfo
         self.timeout = timeout
         psycopg2.extensions.set_wait_callback(wait_with_timeout)
@@ -114,14 +115,14 @@ class PostgresQueue(DbApiQueue):
         t = sql.Identifier(table)
         self._sql_insert = sql.SQL(
             "INSERT INTO {} (unique_key, function_name, priority, data, when_to_run) "
-            "VALUES (%s, %s, %s, %s, %s)").format(t)
+            "VALUES %s").format(t)
         self._sql_add = sql.SQL(
             "INSERT INTO {} (unique_key, function_name, priority, data, when_to_run) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (unique_key, function_name) DO UPDATE "
+            "VALUES %s ON CONFLICT (unique_key, function_name) DO UPDATE "
             "SET priority = EXCLUDED.priority, data = EXCLUDED.data, "
             "when_to_run = EXCLUDED.when_to_run").format(t)
         self._sql_done = sql.SQL(
-            "DELETE FROM {} WHERE unique_key = %s AND function_name = %s").format(t)
+            "DELETE FROM {} WHERE (unique_key, function_name) IN (VALUES %s)").format(t)
         self._sql_replay = sql.SQL(
             "SELECT unique_key, function_name, priority, data, when_to_run FROM {}").format(t)
         self._sql_create = sql.SQL(
@@ -179,24 +180,16 @@ class PostgresQueue(DbApiQueue):
         return not self._usable() and NO_ANSWER not in str(exc)
 
     def add(self, job: StoredJob) -> None:
-        try:
-            args = (job.unique.decode(), job.function.decode(), job.priority,
-                    self._pg.Binary(job.data), job.when)
-        except UnicodeDecodeError:
-            raise QueueError("unique and function must be UTF-8 for PostgreSQL") from None
-        try:
-            self._run(lambda cur: cur.execute(self._sql_add, args))
-        except self._pg.errors.InvalidColumnReference:
-            # A table without the UNIQUE constraint: no upsert possible, plain INSERT.
-            self._sql_add = self._sql_insert
-            self._run(lambda cur: cur.execute(self._sql_add, args))
+        refused = self.commit((job,), ())
+        if refused:
+            raise QueueError(refused[0])
 
     def flush(self) -> None:
         pass
 
     def commit(self, adds: Sequence[StoredJob], dones: Sequence[Key]) -> Refused:
         refused: Refused = {}
-        rows: List[tuple] = []
+        by_key: Dict[Tuple[str, str], tuple] = {}
         for i, job in enumerate(adds):
             try:
                 unique, function = job.unique.decode(), job.function.decode()
@@ -206,7 +199,11 @@ class PostgresQueue(DbApiQueue):
             if "\0" in unique or "\0" in function:
                 refused[i] = NUL_TEXT
                 continue
-            rows.append((unique, function, job.priority, self._pg.Binary(job.data), job.when))
+            # Keyed: one INSERT ... ON CONFLICT may not touch a row twice; the last add of a
+            # key is what a row-by-row upsert would have left.
+            by_key[unique, function] = (unique, function, job.priority,
+                                        self._pg.Binary(job.data), job.when)
+        rows = list(by_key.values())
         keys = []
         for unique_b, function_b in dones:
             try:
@@ -216,9 +213,9 @@ class PostgresQueue(DbApiQueue):
 
         def write(cur: Any) -> None:
             if keys:
-                self._execute_batch(cur, self._sql_done, keys, page_size=PAGE_SIZE)
+                self._execute_values(cur, self._sql_done, keys, page_size=PAGE_SIZE)
             if rows:
-                self._execute_batch(cur, self._sql_add, rows, page_size=PAGE_SIZE)
+                self._execute_values(cur, self._sql_add, rows, page_size=PAGE_SIZE)
         try:
             self._transaction(write)
         except self._pg.errors.InvalidColumnReference:
@@ -228,11 +225,7 @@ class PostgresQueue(DbApiQueue):
         return refused
 
     def done(self, unique: bytes, function: bytes) -> None:
-        try:
-            args = (unique.decode(), function.decode())
-        except UnicodeDecodeError:
-            return   # could never have been stored
-        self._run(lambda cur: cur.execute(self._sql_done, args))
+        self.commit((), ((unique, function),))
 
     def replay(self) -> Iterator[StoredJob]:
         def fetch(cur: Any) -> list:
