@@ -12,10 +12,10 @@ when the table is missing)::
 Options: ``--libpq-conninfo`` (a libpq connection string; empty = the PG* environment
 variables) and ``--libpq-table``; their defaults are in ``OPTIONS``. The connection is in
 autocommit mode, so add() has committed when it returns (flush() has nothing left to do);
-commit() runs a unit's deletes and upserts between BEGIN and COMMIT, each as multi-row
-statements (psycopg2.extras.execute_values: one ``DELETE ... IN (VALUES ...)`` and one
-``INSERT ... VALUES ... ON CONFLICT`` per ``PAGE_SIZE`` rows), durable as PostgreSQL's COMMIT
-is (synchronous_commit); add() and done() are one-job units.
+commit() sends a unit as ONE query string, one round trip: BEGIN, the deletes and the
+upserts as two statements whose rows arrive as parallel arrays (``DELETE ... IN (SELECT *
+FROM unnest(...))`` and ``INSERT ... SELECT * FROM unnest(...) ON CONFLICT ...``), COMMIT;
+durable as PostgreSQL's COMMIT is (synchronous_commit); add() and done() are one-job units.
 
 Timeouts (``--queue-timeout``): psycopg2 has no socket timeout, so the module installs a
 wait callback (psycopg2.extensions.set_wait_callback: libpq in non-blocking mode, the
@@ -55,8 +55,6 @@ OPTIONS: Tuple[Option, ...] = (
     queue_row("libpq-table", "str", "queue", "Table to use.", SECTION),
 )
 DRIVER = Driver("psycopg2", "psycopg2", "postgres", "python3-psycopg2")
-#: Rows per INSERT / DELETE statement sent by commit().
-PAGE_SIZE = 200
 NOT_UTF8 = "unique and function must be UTF-8 for PostgreSQL"
 NUL_TEXT = "unique and function cannot contain NUL bytes in PostgreSQL"
 
@@ -102,7 +100,6 @@ class PostgresQueue(DbApiQueue):
         from psycopg2 import sql
 
         self._pg = psycopg2
-        self._execute_values = psycopg2.extras.execute_values
         self.conninfo = conninfo
         self.timeout = timeout
         psycopg2.extensions.set_wait_callback(wait_with_timeout)
@@ -113,16 +110,17 @@ class PostgresQueue(DbApiQueue):
             table = table.lower()     # what PostgreSQL does with gearmand's unquoted name
         self.table = table
         t = sql.Identifier(table)
-        self._sql_insert = sql.SQL(
-            "INSERT INTO {} (unique_key, function_name, priority, data, when_to_run) "
-            "VALUES %s").format(t)
+        insert = ("INSERT INTO {} (unique_key, function_name, priority, data, when_to_run) "
+                  "SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::int[], %s::bytea[], "
+                  "%s::int[])")
+        self._sql_insert = sql.SQL(insert).format(t)
         self._sql_add = sql.SQL(
-            "INSERT INTO {} (unique_key, function_name, priority, data, when_to_run) "
-            "VALUES %s ON CONFLICT (unique_key, function_name) DO UPDATE "
+            insert + " ON CONFLICT (unique_key, function_name) DO UPDATE "
             "SET priority = EXCLUDED.priority, data = EXCLUDED.data, "
             "when_to_run = EXCLUDED.when_to_run").format(t)
         self._sql_done = sql.SQL(
-            "DELETE FROM {} WHERE (unique_key, function_name) IN (VALUES %s)").format(t)
+            "DELETE FROM {} WHERE (unique_key, function_name) IN "
+            "(SELECT * FROM unnest(%s::varchar[], %s::varchar[]))").format(t)
         self._sql_replay = sql.SQL(
             "SELECT unique_key, function_name, priority, data, when_to_run FROM {}").format(t)
         self._sql_create = sql.SQL(
@@ -201,27 +199,40 @@ class PostgresQueue(DbApiQueue):
                 continue
             # Keyed: one INSERT ... ON CONFLICT may not touch a row twice; the last add of a
             # key is what a row-by-row upsert would have left.
-            by_key[unique, function] = (unique, function, job.priority,
-                                        self._pg.Binary(job.data), job.when)
-        rows = list(by_key.values())
+            by_key[unique, function] = (unique, function, job.priority, job.data, job.when)
+        # One statement per kind, its rows as parallel arrays: psycopg2 adapts a list in C,
+        # where per-row statements or VALUES lists cost Python work per job.
+        add_columns = [list(column) for column in zip(*by_key.values())]
         keys = []
         for unique_b, function_b in dones:
             try:
                 keys.append((unique_b.decode(), function_b.decode()))
             except UnicodeDecodeError:
                 continue     # could never have been stored
+        done_columns = [list(column) for column in zip(*keys)]
 
         def write(cur: Any) -> None:
-            if keys:
-                self._execute_values(cur, self._sql_done, keys, page_size=PAGE_SIZE)
-            if rows:
-                self._execute_values(cur, self._sql_add, rows, page_size=PAGE_SIZE)
+            # The whole transaction in one query string: one round trip.  A failing
+            # statement skips the rest (COMMIT included); the connection is then dropped,
+            # which rolls the transaction back.
+            parts = [b"BEGIN"]
+            if done_columns:
+                parts.append(cur.mogrify(self._sql_done, done_columns))
+            if add_columns:
+                parts.append(cur.mogrify(self._sql_add, add_columns))
+            parts.append(b"COMMIT")
+            cur.execute(b"; ".join(parts))
         try:
-            self._transaction(write)
-        except self._pg.errors.InvalidColumnReference:
-            # A table without the UNIQUE constraint: no upsert possible, plain INSERT.
-            self._sql_add = self._sql_insert
-            self._transaction(write)
+            try:
+                self._run(write)
+            except self._pg.errors.InvalidColumnReference:
+                # A table without the UNIQUE constraint: no upsert possible, plain INSERT.
+                self.close()
+                self._sql_add = self._sql_insert
+                self._run(write)
+        except BaseException:
+            self.close()
+            raise
         return refused
 
     def done(self, unique: bytes, function: bytes) -> None:
