@@ -20,8 +20,8 @@ import pytest
 from support import C_GEARMAND, IN_CI, require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL = ["fg", "bg", "drain", "ping", "big", "idle", "mem", "status"]
-SWEEP = ["fg", "bg", "drain", "ping", "big"]
+ALL = ["fg", "bg", "drain", "ping", "big", "flood", "idle", "mem", "status"]
+SWEEP = ["fg", "bg", "drain", "ping", "big", "flood"]
 BOUNDS = {"server", "server, machine full", "GENERATOR!", "STARVED!", "MACHINE!", "latency"}
 
 
@@ -77,6 +77,35 @@ def check_results(doc: Dict[str, Any], servers: List[str], threads: List[int],
     assert all(c["median"]["held"] == c["median"]["opened"] for c in idle)
     mem = [c for c in cells if c["workload"] == "mem"]
     assert all(c["better"] == "lower is better" for c in mem)
+
+
+@pytest.mark.timeout(120)
+def test_issue9_bench_durable_queue_against_c(cache: str) -> None:
+    """bg, drain and flood with a Postgres queue, against C gearmand: every submit carries
+    its own unique id, so C's module (which stores an empty unique as is and refuses the
+    second) answers every one; the flood reports what fg kept."""
+    require(C_GEARMAND, "the durable benchmark compares against C gearmand")
+    table = "bench_t{port}"
+    proc = run_bench("--quick", "--json", "-t", "0", "-w", "bg,drain,flood", "--no-progress",
+                     "--server", f"c={C_GEARMAND}", "--queue-args",
+                     "-q Postgres --libpq-conninfo='host=127.0.0.1 user=postgres dbname=test' "
+                     f"--libpq-table={table}", cache_home=cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    check_results(doc, ["py", "c"], [0], ["bg", "drain", "flood"])
+    for c in doc["results"]:
+        med = c["median"]
+        assert med.get("errors", 0) == 0 and med.get("flood_errors", 0) == 0, c
+        if c["workload"] == "bg":
+            assert med["jobs"] == 5_000, c      # --quick's bg_jobs, all JOB_CREATED
+        if c["workload"] == "flood":
+            assert med["flood_submits_s"] > 0 and 0 < med["kept"], c
+    import psycopg2
+    with psycopg2.connect("host=127.0.0.1 user=postgres dbname=test") as conn, \
+            conn.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'bench_t%'")
+        for (name,) in cur.fetchall():
+            cur.execute(f'DROP TABLE "{name}"')
 
 
 @pytest.mark.timeout(120)
