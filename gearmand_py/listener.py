@@ -129,10 +129,12 @@ class Listener:
     """The accept loop of ``-t >= 1`` (main thread): a selector over the listening sockets
     and the main thread's Mailbox.  Accepted sockets go to the I/O threads' mailboxes in
     turn (N, N-1, ..., 1, as gearmand deals them) as ADOPT messages; CALL messages run on
-    this thread (signals, crash reports, stop)."""
+    this thread (signals, crash reports, stop); ``tick`` (the CPU pinner's re-check) runs
+    after every wake-up and at least every ``tick_interval`` seconds."""
 
     def __init__(self, listening: Sequence[Listening], io_mailboxes: Sequence[Mailbox],
-                 next_conn_id: Callable[[], int]) -> None:
+                 next_conn_id: Callable[[], int],
+                 tick: Optional[Callable[[], None]] = None, tick_interval: float = 0.0) -> None:
         self.listening = list(listening)
         self.mailbox = Mailbox()
         self.io_mailboxes = list(io_mailboxes)[::-1]
@@ -140,6 +142,8 @@ class Listener:
         self.running = False
         self._turn = 0
         self._selector = selectors.DefaultSelector()
+        self.tick = tick                   # called at least every tick_interval seconds
+        self.tick_interval = tick_interval if tick is not None else None
 
     def run(self) -> None:
         sel = self._selector
@@ -148,13 +152,15 @@ class Listener:
             sel.register(listening[0], selectors.EVENT_READ, listening)
         self.running = True
         while self.running:
-            for key, _ in sel.select():
+            for key, _ in sel.select(self.tick_interval):
                 if key.data is None:
                     self._mailbox()
                     if not self.running:
                         break
                 else:
                     self._accept(*key.data)
+            if self.tick is not None:
+                self.tick()
         sel.close()
 
     def _mailbox(self) -> None:

@@ -22,7 +22,7 @@ import queue
 import threading
 from typing import Any, Callable, List, Optional, Sequence
 
-from . import compat, malloc, queues
+from . import affinity, compat, malloc, queues
 from .engine import Engine, EngineOptions, default_handle_prefix
 from .errors import QueueError
 from .iothread import IOLoop
@@ -133,8 +133,12 @@ class Server:
                     Processor(engine), inbox,
                     {loop.io_id: loop.mailbox for loop in self.loops}, self._crashed)
                 self.threads.append(self.proc_thread)
+            pinner = affinity.CpuPinner.create(settings.cpu_affinity, threads)
+            if pinner is not None:
+                pinner.pin()             # before the threads start: they inherit the CPU
             self.listener = Listener(self.listening, [loop.mailbox for loop in self.loops],
-                                     next_id)
+                                     next_id, pinner.tick if pinner is not None else None,
+                                     affinity.TICK_INTERVAL)
             self.threads.extend(ServiceThread(f"io-{loop.io_id}", loop.run, self._crashed)
                                 for loop in self.loops)
         if self.store_thread is not None:

@@ -18,7 +18,7 @@ import re
 import socket
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import compat, queues
+from . import affinity, compat, queues
 from .errors import ConfigError
 from .log import LEVEL_NAMES, raise_verbosity
 from .options import SWITCH, Option
@@ -78,6 +78,7 @@ class Settings:
     protocol: Optional[str] = None
     compat: str = compat.DEFAULT          # --compat: "1.1" or "2.0" (gearmand_py/compat.py)
     priority_scope: str = "function"      # effective: --priority-scope, else the mode's
+    cpu_affinity: str = affinity.AUTO     # --cpu-affinity: affinity.MODES
     http_port: str = "8080"
     keepalive: bool = False
     keepalive_idle: int = -1
@@ -196,6 +197,11 @@ OPTIONS: List[Option] = [
     _o("compat", None, "str", compat.DEFAULT,
        "Behave as gearmand 1.1 or 2.0 (see COMPATIBILITY MODES). (gearmand-py extension)",
        extension=True),
+    _o("cpu-affinity", None, "str", affinity.AUTO,
+       "'auto': with -t 2 or more, keep all threads on one CPU (the least busy one; they "
+       "move together when other processes crowd it): CPython runs one thread at a time, "
+       "and threads on one CPU hand over without cross-CPU wake-ups. 'none': leave it to "
+       "the kernel. (gearmand-py extension)", extension=True),
     _o("daemon", "d", SWITCH, None, "Daemon, detach and run in the background."),
     _o("exceptions", None, SWITCH, None, "Enable protocol exceptions by default."),
     _o("file-descriptors", "f", "u32", None,
@@ -564,6 +570,7 @@ def build_settings(opts: Options, env: Optional[Dict[str, str]] = None) -> Setti
         raise ConfigError(f"Unknown protocol module : {protocol}")
     http_port = _check_port(str(v["http-port"]), "http-port")
     mode = _choice(v, "compat", list(compat.MODES))
+    _choice(v, "cpu-affinity", affinity.MODES)
     scope = v["priority-scope"]
     if scope is not None:
         scope = _choice(v, "priority-scope", compat.PRIORITY_SCOPES)

@@ -290,7 +290,7 @@ SAMPLE_VALUES = {
     "verbose": "INFO", "user": "nobody", "config-file": "/dev/null", "log-file": "none",
     "listen": "127.0.0.1", "pid-file": "/tmp/gearmand-test.pid", "threads": "2",
     "hashtable-buckets": "7", "max-packet-size": "1024", "file-descriptors": "1024",
-    "compat": "2.0", "priority-scope": "global",
+    "compat": "2.0", "priority-scope": "global", "cpu-affinity": "none",
     "log-format": "json",
 }
 #: in gearmand-py only (Debian's gearmand lacks these modules or this extension)
