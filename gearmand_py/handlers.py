@@ -19,6 +19,8 @@ Handler = Callable[[Engine, Peer, Args], None]
 
 _NO_JOB = pack(Cmd.NO_JOB)
 _JOB_CREATED = int(Cmd.JOB_CREATED)
+#: JOB_CREATED headers by handle length (handles of one server differ only in their digits).
+_CREATED_HEADERS: Dict[int, bytes] = {}
 _NOOP = pack(Cmd.NOOP)
 #: Longest handle/unique accepted in GET_STATUS* (gearmand's 64-byte buffers).
 MAX_LOOKUP = 64
@@ -61,7 +63,10 @@ def _submit(engine: Engine, conn: Peer, name: bytes, unique: bytes, data: bytes,
         engine.acknowledge(conn, job)      # JOB_CREATED once the job is stored
         return
     handle = job.handle
-    engine.send(conn, _header(_JOB_CREATED, len(handle)) + handle)
+    head = _CREATED_HEADERS.get(len(handle))
+    if head is None:
+        head = _CREATED_HEADERS[len(handle)] = _header(_JOB_CREATED, len(handle))
+    engine.send(conn, head + handle)
 
 
 def _submitter(priority: int, background: bool) -> Handler:
@@ -274,7 +279,9 @@ HANDLERS: Dict[int, Handler] = {
 # Everything a client may not send (response-only, UNUSED, ALL_YOURS, SUBMIT_JOB_SCHED).
 for _cmd in COMMANDS:
     HANDLERS.setdefault(_cmd, not_expected)
+# Plain int keys: a decoded command (a small int) is then found by identity.
+HANDLERS = {int(cmd): handler for cmd, handler in HANDLERS.items()}
 
 #: Request commands that must arrive with \0REQ magic.
-REQUESTS = frozenset(c for c, spec in COMMANDS.items() if spec.to_server)
+REQUESTS = frozenset(int(c) for c, spec in COMMANDS.items() if spec.to_server)
 

@@ -37,15 +37,17 @@ HEADER = struct.Struct(">4sII")
 _UNPACK_HEADER = HEADER.unpack_from
 _PACK_HEADER = HEADER.pack
 
-# (expected part count, maxsplit) per command, for bytes.split(b"\0", maxsplit).
+# (expected part count, maxsplit) per command, for bytes.split(b"\0", maxsplit).  Keyed by
+# plain ints: the decoded command is a small int, found by identity (an IntEnum key would
+# cost an equality call per lookup).
 _SPLIT = {}
 for _cmd, _spec in COMMANDS.items():
     if _spec.has_data:
-        _SPLIT[_cmd] = (_spec.argc + 1, _spec.argc)
+        _SPLIT[int(_cmd)] = (_spec.argc + 1, _spec.argc)
     elif _spec.argc == 0:
-        _SPLIT[_cmd] = (0, 0)
+        _SPLIT[int(_cmd)] = (0, 0)
     else:
-        _SPLIT[_cmd] = (_spec.argc, _spec.argc - 1)
+        _SPLIT[int(_cmd)] = (_spec.argc, _spec.argc - 1)
 
 
 def split_text(line: bytes) -> Tuple[bytes, ...]:
