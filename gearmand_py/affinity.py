@@ -129,11 +129,17 @@ class CpuPinner:
             tasks: Sequence[str] = os.listdir("/proc/self/task")
         except OSError:
             tasks = ["0"]                 # no /proc: this thread (the others inherit it)
+        pinned = 0
         for task in tasks:
             try:
                 os.sched_setaffinity(int(task), {cpu})
+                pinned += 1
             except OSError:       # a thread that just ended; or not permitted: keep going
                 pass
-        if self.cpu != cpu:
+        if not pinned:
+            log.warning("--cpu-affinity=auto: cannot set the CPU affinity; threads left to "
+                        "the kernel")
+            self.allowed = {cpu}  # nothing to choose between from now on
+        elif self.cpu != cpu:
             log.info("threads pinned to CPU %d (--cpu-affinity=auto)", cpu)
         self.cpu = cpu

@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 from . import malloc
 from .listener import accept_all
 from .mailbox import Mailbox
-from .messages import (ADOPT, CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, IO_STATS,
-                       PAUSE_READ, REPLIES, STOP, STORED, Outcome, Reply, Round)
+from .messages import (ADOPT, CALL, CLOSED, CONGESTED, CONNECT, CREDIT, DRAINED, EVENTS,
+                       INBOUND_HIGH, IO_STATS, PAUSE_READ, REPLIES, STOP, STORED, Outcome,
+                       Reply, Round)
 from .protocol import Port
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,8 +83,13 @@ HIGH_WATER = 4 * 1024 * 1024
 #: ... until it falls below this.
 LOW_WATER = 1024 * 1024
 #: Freed output of at least this size is handed back to the OS (malloc_trim) when its
-#: connection closes.
-TRIM_AFTER = 8 * 1024 * 1024
+#: connection closes: any backlog past the high-water mark, so a client closed for
+#: stalling (always over it) gives its memory back.
+TRIM_AFTER = HIGH_WATER
+#: Also trim when a connection closes after this much input since the last trim: a burst
+#: of large packets (at -t N >= 2 queued for the processing thread) leaves freed heap that
+#: glibc keeps otherwise.
+TRIM_INPUT = 64 * 1024 * 1024
 #: Output batches up to this size are joined into one send; larger ones use sendmsg.
 JOIN_LIMIT = 256 * 1024
 #: At stop, how long (s) in total an I/O thread keeps sending replies it already holds.
@@ -152,6 +158,9 @@ class IOLoop:
         self.stall_timeout = stall_timeout     # close a congested client after this; 0 = never
         self.stats_interval = stats_interval   # report IO_STATS this often; 0 = never
         self.bytes_in = 0
+        self._round_bytes = 0                  # input read in this round (EVENTS nbytes)
+        self._uncredited = 0                   # posted input not yet credited back
+        self._trimmed_at = 0                   # bytes_in at the last malloc_trim
         self.bytes_out = 0
         self.open_by_port: Dict[str, int] = {}
         self.accepted_by_port: Dict[str, int] = {}
@@ -168,6 +177,7 @@ class IOLoop:
         self._deadlines: List[Tuple[float, int, Callable[[Connection], bool]]] = []
         self._on_message: Dict[int, Callable[[Tuple[Any, ...]], None]] = {
             REPLIES: self._on_replies,
+            CREDIT: self._on_credit,
             ADOPT: self._on_adopt,
             CALL: self._on_call,
             STOP: self._on_stop,
@@ -188,6 +198,9 @@ class IOLoop:
         poll = epoll.poll
         read = self._read
         while self.running:
+            if self._uncredited > INBOUND_HIGH:
+                self._await_credit()
+                continue
             timeout = proc.timeout() if proc is not None else None
             if self._deadlines:
                 left = max(0.0, self._deadlines[0][0] - time.monotonic())
@@ -235,7 +248,9 @@ class IOLoop:
                 if proc is not None:
                     proc.handle(self.io_id, rnd)
                 else:
-                    self.post((EVENTS, self.io_id, rnd))  # type: ignore[misc]
+                    self.post((EVENTS, self.io_id, rnd, self._round_bytes))  # type: ignore[misc]
+                    self._uncredited += self._round_bytes
+                    self._round_bytes = 0
             if proc is not None:
                 for replies in proc.finish_round().values():
                     self._take_replies(replies)
@@ -262,6 +277,7 @@ class IOLoop:
             self._drop(conn)
             return
         self.bytes_in += len(data)
+        self._round_bytes += len(data)
         if conn.passthrough:                    # the Gear port: the hot path
             events = conn.codec.feed(data)
             if events:
@@ -333,7 +349,21 @@ class IOLoop:
             on_message[msg[0]](msg)
 
     def _on_replies(self, msg: Tuple[Any, ...]) -> None:
+        self._uncredited -= msg[2]
         self._take_replies(msg[1])
+
+    def _on_credit(self, msg: Tuple[Any, ...]) -> None:
+        self._uncredited -= msg[1]
+
+    def _await_credit(self) -> None:
+        """Inbound flow control (messages.py): the processing thread is INBOUND_HIGH bytes
+        behind; read no socket, only the mailbox (replies go out meanwhile), until it
+        credits enough back."""
+        fd = self.mailbox.fileno()
+        while self.running and self._uncredited > INBOUND_HIGH:
+            select.select([fd], [], [], 1.0)
+            self._mailbox()
+            self._settle()
 
     def _on_adopt(self, msg: Tuple[Any, ...]) -> None:
         self._adopt(msg[1], msg[2], msg[3], msg[4])
@@ -528,9 +558,10 @@ class IOLoop:
             conn.sock.close()
         except OSError:
             pass
-        if conn.wlen >= TRIM_AFTER:             # give a slow reader's backlog back
-            conn.wq = []
+        if conn.wlen >= TRIM_AFTER or self.bytes_in - self._trimmed_at >= TRIM_INPUT:
+            conn.wq = []                        # give a slow reader's backlog back
             conn.wlen = 0
+            self._trimmed_at = self.bytes_in
             malloc.trim()
         if log.isEnabledFor(logging.INFO):     # as gearmand: one line per closed peer
             log.info("Disconnected %s:%d", conn.addr[0], conn.addr[1])

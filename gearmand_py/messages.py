@@ -19,8 +19,11 @@ Inboxes.  Every message is a tuple whose first element is its kind.
 * an I/O thread's ``Mailbox`` (mailbox.py: a ``SimpleQueue`` plus a wake pipe that the
   loop's epoll watches; a wake byte is written only when the inbox goes from empty to
   non-empty):
-    - ``(REPLIES, [Reply, ...])``       proc -> io-K, once per processing round that
-      produced replies for that thread's connections;
+    - ``(REPLIES, [Reply, ...], credit)``  proc -> io-K, once per processing round that
+      produced replies for that thread's connections; ``credit`` is the input bytes of
+      io-K's EVENTS handled since the last credit (inbound flow control, below);
+    - ``(CREDIT, credit)``               proc -> io-K, after a round without replies for
+      io-K whose handled input reached ``CREDIT_MIN`` bytes;
     - ``(ADOPT, conn_id, sock, addr, port)``  main (Listener) -> io-K, a new connection
       accepted on the listening socket whose ``Port`` (protocol + TLS) is given;
     - ``(CALL, fn)``                     any thread -> io-K: run ``fn`` there (at ``-t 0``
@@ -30,7 +33,8 @@ Inboxes.  Every message is a tuple whose first element is its kind.
       the processor there): the outcome of the store units of one commit.
 * the processing thread's inbox (``-t N>=2``; a bare ``SimpleQueue``: the thread blocks in
   ``get(timeout=next timer)``, so no wake pipe):
-    - ``(EVENTS, io_id, Round)``         io-K -> proc, once per selector round with events;
+    - ``(EVENTS, io_id, Round, nbytes)``  io-K -> proc, once per selector round with
+      events; ``nbytes`` is the input read in that round;
     - ``(CALL, fn)``                     main -> proc (graceful stop arms itself there);
     - ``(STOP,)``                        main -> proc: send the last replies, return;
     - ``(STORED, [Outcome])``            store -> proc, as above, at ``-t N>=2``.
@@ -47,6 +51,14 @@ Inboxes.  Every message is a tuple whose first element is its kind.
     - ``(CALL, fn)``                     signal handlers, crashed threads, the graceful-stop
       hook -> main (``Server.post``);
     - ``(STOP,)``  is never sent there: ``Server.stop`` clears the running flag via CALL.
+
+Inbound flow control (``-t N>=2``).  An I/O thread counts the input bytes it has posted in
+EVENTS and not yet had credited back; while that exceeds ``INBOUND_HIGH`` it reads no
+socket and waits on its mailbox (handling replies and credit) until the processing thread
+catches up, so a peer that sends faster than the processing thread works cannot queue
+unbounded input in between.  Credit rides on REPLIES, or comes as CREDIT once at least
+``CREDIT_MIN`` bytes are owed (so an I/O thread is never left waiting: what is never sent
+is below ``CREDIT_MIN`` < ``INBOUND_HIGH``).
 
 Events.  A connection's codec turns bytes into ``Event`` tuples ``(cmd, is_request_magic,
 args)``.  ``cmd`` > 0 is a Gearman command number (1..42); the pseudo-commands below share
@@ -87,13 +99,18 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 # ---- message kinds (first element of every inbox message) ------------------------------
-EVENTS = 0      # (EVENTS, io_id, Round)                  io-K -> proc
-REPLIES = 1     # (REPLIES, [Reply])                      proc -> io-K
+EVENTS = 0      # (EVENTS, io_id, Round, nbytes)          io-K -> proc
+REPLIES = 1     # (REPLIES, [Reply], credit)              proc -> io-K
 ADOPT = 2       # (ADOPT, conn_id, sock, (ip, port), Port) main -> io-K
 CALL = 3        # (CALL, fn)                              any -> main, io-K, proc
 STOP = 4        # (STOP,)                                 main -> io-K, proc, store
 STORE = 5       # (STORE, unit_id, [StoredJob], [(unique, function)], deadline)  proc -> store
 STORED = 6      # (STORED, [Outcome])                     store -> proc (io-K at -t 0/1)
+CREDIT = 7      # (CREDIT, credit)                        proc -> io-K
+
+# ---- inbound flow control at -t N >= 2 (bytes) -------------------------------------------
+INBOUND_HIGH = 8 * 1024 * 1024   # posted and not yet credited: stop reading above this
+CREDIT_MIN = 1024 * 1024         # owed credit sent without replies from this much on
 
 # ---- event pseudo-commands (the codec's and the I/O loop's; real commands are > 0) ----
 TEXT = 0            # an admin text line; args: its tokens              (codec)

@@ -29,9 +29,9 @@ from . import admin, snapshot
 from .engine import Engine
 from .handlers import HANDLERS, REQUESTS
 from .mailbox import Mailbox
-from .messages import (CALL, CLOSED, CONGESTED, CONNECT, DRAINED, EVENTS, IO_STATS,
-                       PROTOCOL_ERROR, REPLIES, SNAPSHOT, STOP, STORED, TEXT, Outcome, Reply,
-                       Round)
+from .messages import (CALL, CLOSED, CONGESTED, CONNECT, CREDIT, CREDIT_MIN, DRAINED, EVENTS,
+                       IO_STATS, PROTOCOL_ERROR, REPLIES, SNAPSHOT, STOP, STORED, TEXT,
+                       Outcome, Reply, Round)
 from .protocol.commands import NAMES
 from .threads import ServiceThread
 
@@ -169,6 +169,8 @@ class ProcessorThread(ServiceThread):
         self.inbox = inbox
         self.outboxes = outboxes
         self.running = True
+        #: Input bytes of each I/O thread's handled EVENTS not yet credited back.
+        self.credit: Dict[int, int] = {}
         self._on_message: Dict[int, Callable[[Tuple[Any, ...]], None]] = {
             CALL: self._on_call,
             STORED: self._on_stored,
@@ -186,8 +188,14 @@ class ProcessorThread(ServiceThread):
 
     def _send_replies(self) -> None:
         outboxes = self.outboxes
+        credit = self.credit
         for io_id, replies in self.processor.finish_round().items():
-            outboxes[io_id].put((REPLIES, replies))
+            outboxes[io_id].put((REPLIES, replies, credit.pop(io_id, 0)))
+        if credit:
+            for io_id, owed in list(credit.items()):
+                if owed >= CREDIT_MIN:
+                    del credit[io_id]
+                    outboxes[io_id].put((CREDIT, owed))
 
     def _loop(self) -> None:
         proc = self.processor
@@ -195,6 +203,7 @@ class ProcessorThread(ServiceThread):
         get_nowait = self.inbox.get_nowait
         handle = proc.handle
         on_message = self._on_message
+        credit = self.credit
         while True:
             try:
                 msg = get(timeout=proc.timeout())
@@ -203,7 +212,9 @@ class ProcessorThread(ServiceThread):
             while msg is not None:
                 kind = msg[0]
                 if kind == EVENTS:
-                    handle(msg[1], msg[2])
+                    io_id = msg[1]
+                    handle(io_id, msg[2])
+                    credit[io_id] = credit.get(io_id, 0) + msg[3]
                 else:
                     on_message[kind](msg)
                     if not self.running:        # STOP
