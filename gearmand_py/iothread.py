@@ -359,9 +359,10 @@ class IOLoop:
         """Inbound flow control (messages.py): the processing thread is INBOUND_HIGH bytes
         behind; read no socket, only the mailbox (replies go out meanwhile), until it
         credits enough back."""
-        fd = self.mailbox.fileno()
+        waiter = select.poll()                 # poll: any descriptor number works
+        waiter.register(self.mailbox.fileno(), select.POLLIN)
         while self.running and self._uncredited > INBOUND_HIGH:
-            select.select([fd], [], [], 1.0)
+            waiter.poll(1000)
             self._mailbox()
             self._settle()
 
