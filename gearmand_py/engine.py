@@ -40,7 +40,7 @@ from .protocol.codec import pack
 from .protocol.commands import Cmd
 from .protocol.commands import COMMANDS
 from .queues.base import Key, QueueBackend, QueueStats, Refused, StoredJob
-from .state import HIST_BOUNDS, NO_CLIENTS, PRIORITIES, Ability, Function, Job, Peer
+from .state import HIST_BOUNDS, NO_CLIENTS, NO_JOBS, PRIORITIES, Ability, Function, Job, Peer
 
 log = logging.getLogger("gearmand")
 
@@ -57,6 +57,14 @@ TIMER_WORKER_TIMEOUT = 0
 TIMER_EPOCH = 1
 TIMER_STORE = 2
 
+
+
+def _listen(conn: Peer, job: Job) -> None:
+    """Record that ``conn`` waits on ``job`` (giving it its own table on first use)."""
+    listening = conn.listening
+    if listening is NO_JOBS:
+        listening = conn.listening = {}
+    listening[job.handle] = job
 
 class EngineError(Exception):
     """A request refused with a Gearman ERROR packet: (code, text)."""
@@ -219,7 +227,7 @@ class Engine:
         self.reset_abilities(conn)
         for job in list(conn.listening.values()):
             self.detach(job, conn)
-        conn.listening.clear()
+        conn.listening = NO_JOBS
         if conn.holding:
             self.drained(conn)
         if conn.pausers:                 # a paused worker left: its clients forget it
@@ -353,7 +361,7 @@ class Engine:
         func.total += 1
         if conn is not None and not background:
             job.clients = [conn]
-            conn.listening[handle] = job
+            _listen(conn, job)
         if self.unstored and job in self.unstored:   # queued once stored
             if self.log_accepted:
                 self._log_accepted(job)
@@ -505,7 +513,7 @@ class Engine:
     def attach(self, job: Job, conn: Peer) -> None:
         if job.handle not in conn.listening:
             job.clients = [conn, *job.clients]
-            conn.listening[job.handle] = job
+            _listen(conn, job)
 
     def detach(self, job: Job, conn: Peer) -> None:
         job.clients = [c for c in job.clients if c is not conn]
@@ -628,7 +636,10 @@ class Engine:
             abilities.append(abilities.pop(idx))
         job.worker = conn
         job.token += 1
-        conn.held[job.handle] = job
+        held = conn.held
+        if held is NO_JOBS:
+            held = conn.held = {}
+        held[job.handle] = job
         func = job.function
         func.running += 1
         stats = func.stats

@@ -129,7 +129,7 @@ class Connection:
         self.passthrough = codec.passthrough   # replies as packed, no interim bytes
         self.tls = isinstance(sock, ssl.SSLSocket)
         self.handshaking = self.tls
-        self.wq: List[Buffer] = []     # output the socket has not taken yet
+        self.wq: Sequence[Buffer] = ()  # output the socket has not taken yet (a list if any)
         self.wlen = 0
         self.close_after = False
         self.events = EV_READ
@@ -450,7 +450,7 @@ class IOLoop:
                 continue
             if chunks:
                 if conn.wq:                       # already waiting for EPOLLOUT
-                    conn.wq.extend(chunks)
+                    cast(List[Buffer], conn.wq).extend(chunks)
                     conn.wlen += sum(map(len, chunks))
                     if conn.wlen > self.max_output:
                         log.warning("output buffer over %d bytes, closing connection",
@@ -480,7 +480,7 @@ class IOLoop:
                 sent = conn.sock.send(data)
                 self.bytes_out += sent
                 if sent == len(data):
-                    conn.wq = []
+                    conn.wq = ()
                     conn.wlen = 0
                     return True
                 bufs = [data]
@@ -502,7 +502,7 @@ class IOLoop:
             rest.append(memoryview(buf)[sent:] if sent else buf)
             rest.extend(bufs[i + 1:])
             break
-        conn.wq = rest
+        conn.wq = rest or ()
         conn.wlen = sum(map(len, rest))
         return True
 
@@ -560,7 +560,7 @@ class IOLoop:
         except OSError:
             pass
         if conn.wlen >= TRIM_AFTER or self.bytes_in - self._trimmed_at >= TRIM_INPUT:
-            conn.wq = []                        # give a slow reader's backlog back
+            conn.wq = ()                        # give a slow reader's backlog back
             conn.wlen = 0
             self._trimmed_at = self.bytes_in
             malloc.trim()

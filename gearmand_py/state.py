@@ -52,6 +52,11 @@ def bucket_order(key: bytes, buckets: int, seq: int) -> Tuple[int, int]:
 
 
 NO_CLIENTS: Tuple["Peer", ...] = ()
+#: The shared "no jobs" table of a Peer's ``held`` and ``listening`` until its first job
+#: (an idle connection then costs no dicts of its own).  Never inserted into: the engine
+#: gives the peer its own dict first (Engine._hold_job / _listen); pop/get/clear on it
+#: are harmless.
+NO_JOBS: Dict[bytes, "Job"] = {}
 
 
 class Ability:
@@ -107,8 +112,8 @@ class Peer:
         self.sleeping = False
         self.noop_sent = False
         self.exceptions = exceptions
-        self.held: Dict[bytes, Job] = {}         # jobs assigned to this worker, by handle
-        self.listening: Dict[bytes, Job] = {}    # foreground jobs this client waits on
+        self.held: Dict[bytes, Job] = NO_JOBS    # jobs assigned to this worker, by handle
+        self.listening: Dict[bytes, Job] = NO_JOBS   # foreground jobs this client waits on
         # Backpressure (engine.congested): the client's output is over the high-water mark;
         # the workers paused for it; the congested clients this worker is paused for.
         # The sets exist only while in use (most peers never need them).

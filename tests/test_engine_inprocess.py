@@ -866,3 +866,35 @@ def test_admin_six_tokens_close_the_connection(h: Harness) -> None:
     h.send(a, b"version\na b c d e f\n")
     assert h.raw() == {a: [b"OK 1.1.20\n", None]}
     assert a not in h.engine.conns
+
+
+def test_idle_peers_share_the_empty_job_tables(h: Harness) -> None:
+    """An idle connection owns no job tables (state.NO_JOBS is shared); a client or worker
+    gets its own on first use, and the shared one stays empty whatever happens."""
+    from gearmand_py.state import NO_JOBS
+    idle, c, c2 = h.connect(), h.connect(), h.connect()
+    peers = h.engine.conns
+    assert peers[idle].held is NO_JOBS and peers[idle].listening is NO_JOBS
+    handle = h.submit(c, "fn", "work", unique="u")
+    assert h.submit(c2, "fn", "more", unique="u") == handle       # attach
+    assert peers[c].listening is not NO_JOBS and peers[c].listening == {handle: ANY_JOB}
+    w = h.worker("fn")
+    assert peers[w].held is NO_JOBS
+    assert h.grab(w) == ("JOB_ASSIGN", handle, b"fn", b"work")
+    assert peers[w].held is not NO_JOBS and list(peers[w].held) == [handle]
+    h.close(w)                                                     # requeue
+    w2 = h.worker("fn")
+    assert h.grab(w2) == ("JOB_ASSIGN", handle, b"fn", b"work")
+    h.req(w2, "WORK_COMPLETE", handle, "ok")
+    h.close(c2)
+    h.replies()
+    assert peers[idle].held is NO_JOBS and peers[idle].listening is NO_JOBS
+    assert NO_JOBS == {}
+
+
+class _AnyJob:
+    def __eq__(self, other: object) -> bool:
+        return other.__class__.__name__ == "Job"
+
+
+ANY_JOB = _AnyJob()

@@ -20,7 +20,7 @@ tuple and the pseudo-command numbers are the thread protocol's (gearmand_py/mess
 from __future__ import annotations
 
 import struct
-from typing import List, Tuple
+from typing import List, Sequence, Tuple, cast
 
 from ..messages import PROTOCOL_ERROR, TEXT, Event
 from .commands import COMMANDS, HEADER_SIZE, MAX_COMMAND, REQ_MAGIC, RES_MAGIC
@@ -77,7 +77,7 @@ class Decoder:
     backlog = False
 
     def __init__(self, max_packet: int) -> None:
-        self._chunks: List[bytes] = []   # unparsed input
+        self._chunks: Sequence[bytes] = ()   # unparsed input (a list while there is some)
         self._have = 0                   # bytes in _chunks
         self._need = 0                   # total bytes needed before parsing can progress
         self.max_packet = max_packet
@@ -97,12 +97,12 @@ class Decoder:
         if self.failed:
             return []
         if self._chunks:
-            self._chunks.append(data)
+            cast(List[bytes], self._chunks).append(data)
             self._have += len(data)
             if self._have < self._need:
                 return []
             buf = b"".join(self._chunks)
-            self._chunks = []
+            self._chunks = ()
             self._have = 0
         else:
             buf = data
@@ -192,7 +192,7 @@ class Decoder:
 
     def _fail(self, message: bytes) -> Event:
         self.failed = True
-        self._chunks = []
+        self._chunks = ()
         self._have = 0
         return (PROTOCOL_ERROR, False, (message,))
 
