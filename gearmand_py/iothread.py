@@ -158,7 +158,7 @@ class IOLoop:
         self.stall_timeout = stall_timeout     # close a congested client after this; 0 = never
         self.stats_interval = stats_interval   # report IO_STATS this often; 0 = never
         self.bytes_in = 0
-        self._round_bytes = 0                  # input read in this round (EVENTS nbytes)
+        self._posted_at = 0                    # bytes_in when EVENTS were last posted
         self._uncredited = 0                   # posted input not yet credited back
         self._trimmed_at = 0                   # bytes_in at the last malloc_trim
         self.bytes_out = 0
@@ -248,9 +248,10 @@ class IOLoop:
                 if proc is not None:
                     proc.handle(self.io_id, rnd)
                 else:
-                    self.post((EVENTS, self.io_id, rnd, self._round_bytes))  # type: ignore[misc]
-                    self._uncredited += self._round_bytes
-                    self._round_bytes = 0
+                    nbytes = self.bytes_in - self._posted_at   # read since the last post
+                    self._posted_at = self.bytes_in
+                    self._uncredited += nbytes
+                    self.post((EVENTS, self.io_id, rnd, nbytes))  # type: ignore[misc]
             if proc is not None:
                 for replies in proc.finish_round().values():
                     self._take_replies(replies)
@@ -277,7 +278,6 @@ class IOLoop:
             self._drop(conn)
             return
         self.bytes_in += len(data)
-        self._round_bytes += len(data)
         if conn.passthrough:                    # the Gear port: the hot path
             events = conn.codec.feed(data)
             if events:
