@@ -58,14 +58,6 @@ TIMER_EPOCH = 1
 TIMER_STORE = 2
 
 
-
-def _listen(conn: Peer, job: Job) -> None:
-    """Record that ``conn`` waits on ``job`` (giving it its own table on first use)."""
-    listening = conn.listening
-    if listening is NO_JOBS:
-        listening = conn.listening = {}
-    listening[job.handle] = job
-
 class EngineError(Exception):
     """A request refused with a Gearman ERROR packet: (code, text)."""
 
@@ -361,7 +353,7 @@ class Engine:
         func.total += 1
         if conn is not None and not background:
             job.clients = [conn]
-            _listen(conn, job)
+            conn.listen(job)
         if self.unstored and job in self.unstored:   # queued once stored
             if self.log_accepted:
                 self._log_accepted(job)
@@ -513,7 +505,7 @@ class Engine:
     def attach(self, job: Job, conn: Peer) -> None:
         if job.handle not in conn.listening:
             job.clients = [conn, *job.clients]
-            _listen(conn, job)
+            conn.listen(job)
 
     def detach(self, job: Job, conn: Peer) -> None:
         job.clients = [c for c in job.clients if c is not conn]
@@ -636,10 +628,7 @@ class Engine:
             abilities.append(abilities.pop(idx))
         job.worker = conn
         job.token += 1
-        held = conn.held
-        if held is NO_JOBS:
-            held = conn.held = {}
-        held[job.handle] = job
+        conn.hold(job)
         func = job.function
         func.running += 1
         stats = func.stats

@@ -53,9 +53,9 @@ def bucket_order(key: bytes, buckets: int, seq: int) -> Tuple[int, int]:
 
 NO_CLIENTS: Tuple["Peer", ...] = ()
 #: The shared "no jobs" table of a Peer's ``held`` and ``listening`` until its first job
-#: (an idle connection then costs no dicts of its own).  Never inserted into: the engine
-#: gives the peer its own dict first (Engine._hold_job / _listen); pop/get/clear on it
-#: are harmless.
+#: (an idle connection then costs no dicts of its own).  Never inserted into: jobs go in
+#: only through Peer.hold / Peer.listen, which give the peer its own dict first; pop, get
+#: and clear on it are harmless.
 NO_JOBS: Dict[bytes, "Job"] = {}
 
 
@@ -112,8 +112,8 @@ class Peer:
         self.sleeping = False
         self.noop_sent = False
         self.exceptions = exceptions
-        self.held: Dict[bytes, Job] = NO_JOBS    # jobs assigned to this worker, by handle
-        self.listening: Dict[bytes, Job] = NO_JOBS   # foreground jobs this client waits on
+        self.held: Dict[bytes, Job] = NO_JOBS    # jobs assigned to this worker (hold())
+        self.listening: Dict[bytes, Job] = NO_JOBS   # foreground jobs it waits on (listen())
         # Backpressure (engine.congested): the client's output is over the high-water mark;
         # the workers paused for it; the congested clients this worker is paused for.
         # The sets exist only while in use (most peers never need them).
@@ -124,6 +124,18 @@ class Peer:
         # packets, and one-element lists for replies not known yet.  None when empty.
         self.pending: Optional[Deque[object]] = None
         self.admin = False                       # has sent an admin text line
+
+    def hold(self, job: "Job") -> None:
+        """The worker now holds ``job`` (its own table on first use: NO_JOBS is shared)."""
+        if self.held is NO_JOBS:
+            self.held = {}
+        self.held[job.handle] = job
+
+    def listen(self, job: "Job") -> None:
+        """The client now waits on ``job`` (its own table on first use: NO_JOBS is shared)."""
+        if self.listening is NO_JOBS:
+            self.listening = {}
+        self.listening[job.handle] = job
 
 
 class Function:
