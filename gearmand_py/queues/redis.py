@@ -152,12 +152,11 @@ class RedisQueue:
         if dones:
             commands.append(command(b"DEL", *[self.key(u, f) for u, f in dones]))
         slots = []
-        key_head = self._key_head
         for i, job in enumerate(adds):
             if job.when:
                 refused[i] = "redis cannot store epoch jobs"
                 continue
-            commands.append(hset(b"%s%s-%s" % (key_head, job.function, job.unique), job))
+            commands.append(hset(self.key(job.unique, job.function), job))
             slots.append(i)
         # With nothing to write, an empty MULTI/EXEC is the probe: is the store back?
         replies = self._resp.transaction(commands)
