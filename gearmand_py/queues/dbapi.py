@@ -2,9 +2,10 @@
 
 One DB-API connection per backend, used by one thread at a time (the store thread while
 the server runs): ``_run(fn)`` runs ``fn(cursor)`` and, when the connection was lost
-(server restart, idle timeout), connects once more and retries; ``_transaction(fn)`` runs
-it between BEGIN and COMMIT the same way and, after any failure, drops the connection so
-that the next call starts on a fresh one (a timed-out connection is in an unknown state);
+(server restart, idle timeout), connects once more and retries; ``_unit(fn)`` does the
+same and, after any failure, drops the connection so that the next call starts on a fresh
+one (a timed-out connection is in an unknown state, a failed transaction is rolled back);
+``_transaction(fn)`` is a ``_unit`` that runs ``fn`` between BEGIN and COMMIT;
 ``close()`` forgets the connection.  Subclasses say how to connect,
 which exception classes the driver raises and what counts as a lost connection.
 """
@@ -66,8 +67,13 @@ class DbApiQueue:
             result = fn(cur)
             cur.execute("COMMIT")
             return result
+        return self._unit(txn)
+
+    def _unit(self, fn: Callable[[Any], T]) -> T:
+        """``_run(fn)`` for a write that must be whole: after any failure the connection is
+        dropped (rolling back what it began), so the next call starts on a fresh one."""
         try:
-            return self._run(txn)
+            return self._run(fn)
         except BaseException:
             self.close()
             raise

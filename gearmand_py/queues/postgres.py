@@ -223,16 +223,11 @@ class PostgresQueue(DbApiQueue):
             parts.append(b"COMMIT")
             cur.execute(b"; ".join(parts))
         try:
-            try:
-                self._run(write)
-            except self._pg.errors.InvalidColumnReference:
-                # A table without the UNIQUE constraint: no upsert possible, plain INSERT.
-                self.close()
-                self._sql_add = self._sql_insert
-                self._run(write)
-        except BaseException:
-            self.close()
-            raise
+            self._unit(write)
+        except self._pg.errors.InvalidColumnReference:
+            # A table without the UNIQUE constraint: no upsert possible, plain INSERT.
+            self._sql_add = self._sql_insert
+            self._unit(write)
         return refused
 
     def done(self, unique: bytes, function: bytes) -> None:
